@@ -1,0 +1,627 @@
+//! The `flowlab` command line: `train`, `sample`, `eval`, `bench`.
+//!
+//! Errors are printed to stderr as one message and give a non-zero exit code.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::checkpoint::{Checkpoint, CheckpointMeta, LoadedModel};
+use crate::data::DatasetKind;
+use crate::flow::{Scheduler, TimeSampling};
+use crate::metrics::{sliced_w2, w2_exact};
+use crate::model::{Activation, ModelConfig, VelocityField};
+use crate::rng::{Stream, stream_rng};
+use crate::sample::sample;
+use crate::solver::{SolverConfig, SolverKind};
+use crate::train::{TrainConfig, Trainer};
+use crate::{Error, Result};
+
+/// FlowLab: train, explore and sample flow-matching generative models.
+#[derive(Debug, Parser)]
+#[command(name = "flowlab", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do (no command: open the desktop app).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model and save a checkpoint.
+    Train(TrainArgs),
+    /// Draw samples from a checkpoint into a CSV, PNG or IDX file.
+    Sample(SampleArgs),
+    /// Compare samples with fresh held-out data for every solver and a few step counts.
+    Eval(EvalArgs),
+    /// Measure training and sampling speed.
+    Bench(BenchArgs),
+}
+
+/// Options of `flowlab train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Dataset: moons, circles, 8gaussians, checkerboard, spirals, swissroll, mnist.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Noise (or spread) parameter of a 2D dataset.
+    #[arg(long)]
+    pub noise: Option<f32>,
+    /// Folder with MNIST-layout IDX files (default: the MNIST embedded in FlowLab).
+    #[arg(long)]
+    pub mnist_dir: Option<PathBuf>,
+    /// Start from a JSON config file (flags given here override it).
+    #[arg(long, conflicts_with = "resume")]
+    pub config: Option<PathBuf>,
+    /// Continue training from a checkpoint (its config is used; --steps may extend it).
+    #[arg(long, conflicts_with_all = ["dataset", "noise", "mnist_dir", "batch", "lr", "width", "depth", "activation", "scheduler", "time_sampling", "seed", "ema", "weight_decay", "grad_clip", "warmup"])]
+    pub resume: Option<PathBuf>,
+    /// Total training steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Seed of all randomness.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Batch size.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Hidden width of the MLP.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Number of hidden layers of the MLP.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Activation: silu, relu, gelu, elu, tanh.
+    #[arg(long)]
+    pub activation: Option<String>,
+    /// Scheduler: condot, polynomial, vp, linear-vp, cosine.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Training time distribution: uniform, logit-normal.
+    #[arg(long)]
+    pub time_sampling: Option<String>,
+    /// EMA decay of the weights (0 turns EMA off).
+    #[arg(long)]
+    pub ema: Option<f64>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Gradient-norm clip (0 turns clipping off).
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Warm-up steps.
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Also save the checkpoint every this many steps.
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Where to write the checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Device: cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Write the effective config as JSON and exit without training.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Solver options shared by `sample` and `eval`.
+#[derive(Debug, Args)]
+pub struct SolverArgs {
+    /// Solver: euler, midpoint, heun, rk4, dopri5 (default: the checkpoint's).
+    #[arg(long)]
+    pub solver: Option<String>,
+    /// Steps of a fixed-step solver.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Relative tolerance of dopri5.
+    #[arg(long)]
+    pub rtol: Option<f64>,
+    /// Absolute tolerance of dopri5.
+    #[arg(long)]
+    pub atol: Option<f64>,
+}
+
+/// Options of `flowlab sample`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// The checkpoint to sample from.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The solver.
+    #[command(flatten)]
+    pub solver: SolverArgs,
+    /// Number of samples.
+    #[arg(short = 'n', long = "num", default_value_t = 2000)]
+    pub n: usize,
+    /// Seed of the source noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output: .csv (2D, header x,y), .png (scatter or image grid), .idx (images, u8).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Use the training weights even when EMA weights are stored.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Device: cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Options of `flowlab eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The checkpoint to evaluate.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Samples (and held-out points) per measurement.
+    #[arg(short = 'n', long = "num", default_value_t = 2000)]
+    pub n: usize,
+    /// Fixed-step counts to try, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,20")]
+    pub steps: Vec<usize>,
+    /// Seed of the noise and held-out data.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folder with MNIST-layout IDX files for the held-out images (default: embedded MNIST).
+    #[arg(long)]
+    pub mnist_dir: Option<PathBuf>,
+    /// Device: cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Options of `flowlab bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seconds to spend on each measurement.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Also write the Markdown table to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Device: cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Parses a device name.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| Error::config(format!("CUDA device unavailable: {e}"))),
+        "metal" => Device::new_metal(0).map_err(|e| Error::config(format!("Metal device unavailable: {e}"))),
+        other => Err(Error::config(format!("unknown device {other:?} (use cpu, cuda or metal)"))),
+    }
+}
+
+fn unknown(what: &str, got: &str, choices: &[&str]) -> Error {
+    Error::config(format!("unknown {what} {got:?}; choose one of: {}", choices.join(", ")))
+}
+
+/// Builds the training config from the flags (over `--config` or the defaults).
+pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io("cannot read", p, e))?;
+            TrainConfig::from_json(&text).map_err(|e| Error::config(format!("{}: {e}", p.display())))?
+        }
+        None => TrainConfig::default(),
+    };
+    if let Some(name) = &a.dataset {
+        cfg.dataset = DatasetKind::from_name(name, a.mnist_dir.clone())
+            .ok_or_else(|| unknown("dataset", name, &DatasetKind::names()))?;
+    } else if let (Some(dir), DatasetKind::Mnist { .. }) = (&a.mnist_dir, &cfg.dataset) {
+        cfg.dataset = DatasetKind::Mnist { dir: Some(dir.clone()) };
+    }
+    if let Some(noise) = a.noise {
+        match &mut cfg.dataset {
+            DatasetKind::Toy2d { toy } => *toy = toy.with_noise(noise),
+            DatasetKind::Mnist { .. } => return Err(Error::config("--noise applies to 2D datasets only")),
+        }
+    }
+    if let Some(v) = a.steps {
+        cfg.steps = v;
+    }
+    if let Some(v) = a.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = a.batch {
+        cfg.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        cfg.optimizer.lr = v;
+    }
+    if let Some(v) = a.weight_decay {
+        cfg.optimizer.weight_decay = v;
+    }
+    if let Some(v) = a.grad_clip {
+        cfg.optimizer.grad_clip = (v > 0.0).then_some(v);
+    }
+    if let Some(v) = a.warmup {
+        cfg.optimizer.warmup_steps = v;
+    }
+    if let Some(v) = a.ema {
+        cfg.ema_decay = (v > 0.0).then_some(v);
+    }
+    let ModelConfig::Mlp(mlp) = &mut cfg.model;
+    if let Some(v) = a.width {
+        mlp.width = v;
+    }
+    if let Some(v) = a.depth {
+        mlp.depth = v;
+    }
+    if let Some(name) = &a.activation {
+        mlp.activation = Activation::from_name(name)
+            .ok_or_else(|| unknown("activation", name, &Activation::ALL.map(|x| x.name())))?;
+    }
+    if let Some(name) = &a.scheduler {
+        cfg.scheduler =
+            Scheduler::from_name(name).ok_or_else(|| unknown("scheduler", name, &Scheduler::ALL.map(|x| x.name())))?;
+    }
+    if let Some(name) = &a.time_sampling {
+        cfg.time_sampling = TimeSampling::from_name(name)
+            .ok_or_else(|| unknown("time sampling", name, &["uniform", "logit-normal"]))?;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn solver_config(a: &SolverArgs, base: SolverConfig) -> Result<SolverConfig> {
+    let mut s = base;
+    if let Some(name) = &a.solver {
+        s.kind = SolverKind::from_name(name).ok_or_else(|| unknown("solver", name, &SolverKind::ALL.map(|x| x.name())))?;
+    }
+    if let Some(v) = a.steps {
+        s.steps = v;
+    }
+    if let Some(v) = a.rtol {
+        s.rtol = v;
+    }
+    if let Some(v) = a.atol {
+        s.atol = v;
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+/// Fresh held-out points in data space (2D) or test images in model space.
+fn reference_points(meta: &CheckpointMeta, n: usize, seed: u64, draw: u64, mnist_dir: Option<&Path>) -> Result<Vec<f32>> {
+    let mut kind = meta.config.dataset.clone();
+    if let (DatasetKind::Mnist { dir }, Some(d)) = (&mut kind, mnist_dir) {
+        *dir = Some(d.to_path_buf());
+    }
+    let ds = kind.build()?;
+    let mut rng = stream_rng(seed, Stream::Eval, draw);
+    let mut pts = ds.sample_held_out(n, &mut rng);
+    if !kind.is_image() {
+        ds.to_data_space(&mut pts);
+    }
+    Ok(pts)
+}
+
+/// W2 of 2D samples (data space) to fresh held-out data, with the data-vs-data floor.
+pub fn heldout_w2(model: &dyn VelocityField, meta: &CheckpointMeta, solver: &SolverConfig, n: usize, seed: u64) -> Result<(f64, f64)> {
+    let mut s = sample(model, &meta.sample_shape, n, seed, solver, false, &Device::Cpu)?.data;
+    meta.to_data_space(&mut s);
+    let a = reference_points(meta, n, seed, 0, None)?;
+    let b = reference_points(meta, n, seed, 1, None)?;
+    Ok((w2_exact(&s, &a, 2)?, w2_exact(&a, &b, 2)?))
+}
+
+fn run_train(a: &TrainArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let mut tr = match &a.resume {
+        Some(p) => {
+            let ck = Checkpoint::load(p, &dev)?;
+            let mut tr = ck.into_trainer(&dev, p)?;
+            if let Some(s) = a.steps {
+                if s < tr.step_count() {
+                    return Err(Error::config(format!(
+                        "--steps {s} is below the {} steps already done in {}",
+                        tr.step_count(),
+                        p.display()
+                    )));
+                }
+                tr.set_total_steps(s)?;
+            }
+            eprintln!("resuming {} at step {}", p.display(), tr.step_count());
+            tr
+        }
+        None => {
+            let cfg = train_config(a)?;
+            if a.print_config {
+                println!("{}", cfg.to_json());
+                return Ok(());
+            }
+            Trainer::new(cfg, &dev)?
+        }
+    };
+    let cfg = tr.config().clone();
+    crate::fsutil::ensure_parent(&a.out)?;
+    let params = tr.params().count();
+    eprintln!(
+        "training {} on {} for {} steps (batch {}, {} parameters, seed {})",
+        describe_model(&cfg.model),
+        cfg.dataset.name(),
+        cfg.steps,
+        cfg.batch_size,
+        params,
+        cfg.seed
+    );
+    let bar = ProgressBar::new(cfg.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(tr.step_count());
+    let started = Instant::now();
+    let mut smooth: Option<f32> = None;
+    let mut held: Option<f32> = None;
+    let mut save_error = None;
+    let out = a.out.clone();
+    let save_every = a.save_every.filter(|&s| s > 0);
+    let result = {
+        let mut on_step = |r: &crate::train::StepReport| {
+            smooth = Some(smooth.map_or(r.loss, |s| 0.98 * s + 0.02 * r.loss));
+            if r.held_out_loss.is_some() {
+                held = r.held_out_loss;
+            }
+            bar.set_position(r.step);
+            bar.set_message(format!(
+                "loss {:.4} held-out {} lr {:.2e} {:.1} steps/s",
+                smooth.unwrap_or(r.loss),
+                held.map_or_else(|| "-".into(), |h| format!("{h:.4}")),
+                r.lr,
+                r.steps_per_sec
+            ));
+            if save_every.is_some_and(|e| r.step % e == 0) {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        };
+        loop {
+            match tr.run(&mut on_step) {
+                Ok(crate::train::RunEnd::Stopped) => {
+                    if let Err(e) = Checkpoint::from_trainer(&tr).and_then(|c| c.save(&out)) {
+                        save_error = Some(e);
+                        break Ok(());
+                    }
+                }
+                Ok(crate::train::RunEnd::Finished) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        }
+    };
+    bar.finish();
+    if let Some(e) = save_error {
+        return Err(e);
+    }
+    // Keep the last good state even when training diverged.
+    Checkpoint::from_trainer(&tr)?.save(&a.out)?;
+    result?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("saved {} (step {}, {:.1} s)", a.out.display(), tr.step_count(), secs);
+    if let Some(h) = tr.held_out_loss()? {
+        println!("held-out loss: {h:.4}");
+    }
+    if !cfg.dataset.is_image() {
+        let meta = Checkpoint::from_trainer(&tr)?.meta;
+        let (w2, floor) = heldout_w2(tr.sampling_model(), &meta, &cfg.solver, 2000, cfg.seed)?;
+        println!(
+            "held-out W2 ({}, 2000 samples): {w2:.4}  (two independent data sets: {floor:.4}, ratio {:.2})",
+            cfg.solver.describe(),
+            w2 / floor
+        );
+    }
+    Ok(())
+}
+
+fn describe_model(m: &ModelConfig) -> String {
+    match m {
+        ModelConfig::Mlp(c) => format!("an MLP {}x{} ({})", c.depth, c.width, c.activation.name()),
+    }
+}
+
+fn extension(p: &Path) -> String {
+    p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
+}
+
+fn run_sample(a: &SampleArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let ext = extension(&a.out);
+    if !["csv", "png", "idx"].contains(&ext.as_str()) {
+        return Err(Error::config(format!(
+            "{}: the output must end in .csv, .png or .idx",
+            a.out.display()
+        )));
+    }
+    if a.n == 0 {
+        return Err(Error::config("-n must be at least 1"));
+    }
+    let ck = Checkpoint::load(&a.checkpoint, &dev)?;
+    let model = ck.model(&dev, !a.no_ema, &a.checkpoint)?;
+    let meta = ck.meta;
+    let image = meta.config.dataset.is_image();
+    if image && ext == "csv" {
+        return Err(Error::config("CSV output is for 2D datasets; use .idx or .png for images"));
+    }
+    if !image && ext == "idx" {
+        return Err(Error::config("IDX output is for image datasets; use .csv or .png for 2D"));
+    }
+    let solver = solver_config(&a.solver, meta.config.solver)?;
+    let started = Instant::now();
+    let s = sample(model.as_ref(), &meta.sample_shape, a.n, a.seed, &solver, false, &dev)?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut data = s.data;
+    meta.to_data_space(&mut data);
+    crate::fsutil::ensure_parent(&a.out)?;
+    match (ext.as_str(), image) {
+        ("csv", _) => {
+            let mut text = String::from("x,y\n");
+            for p in data.chunks_exact(2) {
+                text.push_str(&format!("{},{}\n", p[0], p[1]));
+            }
+            crate::fsutil::write_atomic(&a.out, text.as_bytes())?;
+        }
+        ("png", false) => crate::plot::save_png(&crate::plot::scatter_png(&data, None, 600), &a.out)?,
+        ("png", true) => {
+            let (rows, cols) = image_size(&meta.sample_shape);
+            let columns = (a.n as f64).sqrt().ceil() as usize;
+            crate::plot::save_png(&crate::plot::image_grid(&data, rows, cols, columns), &a.out)?;
+        }
+        _ => {
+            let (rows, cols) = image_size(&meta.sample_shape);
+            let bytes: Vec<u8> = data.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect();
+            crate::data::idx::write_idx(&a.out, &[a.n, rows, cols], &bytes)?;
+        }
+    }
+    println!(
+        "wrote {} samples to {} ({}, NFE {}, {:.2} s)",
+        a.n,
+        a.out.display(),
+        solver.describe(),
+        s.nfe,
+        secs
+    );
+    Ok(())
+}
+
+fn image_size(shape: &[usize]) -> (usize, usize) {
+    match shape {
+        [_, r, c] | [r, c] => (*r, *c),
+        _ => (1, shape.iter().product()),
+    }
+}
+
+fn run_eval(a: &EvalArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    if a.n < 2 {
+        return Err(Error::config("-n must be at least 2"));
+    }
+    let loaded = LoadedModel::load(&a.checkpoint, &dev)?;
+    let meta = &loaded.meta;
+    let image = meta.config.dataset.is_image();
+    let dim: usize = meta.sample_shape.iter().product();
+    let reference = reference_points(meta, a.n, a.seed, 0, a.mnist_dir.as_deref())?;
+    let reference2 = reference_points(meta, a.n, a.seed, 1, a.mnist_dir.as_deref())?;
+    let space = if image { "model space, pixels in [-1, 1]" } else { "data space" };
+    println!(
+        "{} (step {}, {}), {} samples vs {} fresh held-out points, {space}",
+        a.checkpoint.display(),
+        meta.step,
+        meta.config.dataset.name(),
+        a.n,
+        a.n
+    );
+    println!(
+        "floor (two independent held-out sets): W2 {:.4}  sliced-W2 {:.4}",
+        w2_exact(&reference, &reference2, dim)?,
+        sliced_w2(&reference, &reference2, dim, 256, a.seed)?
+    );
+    println!("{:<10} {:>6} {:>6} {:>10} {:>10} {:>8}", "solver", "steps", "NFE", "W2", "sliced-W2", "secs");
+    let mut configs: Vec<SolverConfig> = Vec::new();
+    for kind in [SolverKind::Euler, SolverKind::Midpoint, SolverKind::Heun, SolverKind::Rk4] {
+        for &s in &a.steps {
+            configs.push(SolverConfig::fixed(kind, s));
+        }
+    }
+    configs.push(SolverConfig::dopri5(1e-5, 1e-5));
+    for solver in configs {
+        let started = Instant::now();
+        let s = sample(loaded.model.as_ref(), &meta.sample_shape, a.n, a.seed, &solver, false, &dev)?;
+        let secs = started.elapsed().as_secs_f64();
+        let mut x = s.data;
+        if !image {
+            meta.to_data_space(&mut x);
+        }
+        let steps = if solver.kind == SolverKind::Dopri5 { "-".to_string() } else { solver.steps.to_string() };
+        println!(
+            "{:<10} {:>6} {:>6} {:>10.4} {:>10.4} {:>8.2}",
+            solver.kind.name(),
+            steps,
+            s.nfe,
+            w2_exact(&x, &reference, dim)?,
+            sliced_w2(&x, &reference, dim, 256, a.seed)?,
+            secs
+        );
+    }
+    Ok(())
+}
+
+/// Runs `f` repeatedly for about `seconds` after one warm-up call; returns calls per second.
+fn rate(seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs_f64() < seconds || n < 3 {
+        f()?;
+        n += 1;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn run_bench(a: &BenchArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let mut rows = Vec::new();
+    let mut big = TrainConfig::default();
+    big.model = ModelConfig::Mlp(crate::model::MlpConfig {
+        width: 512,
+        depth: 4,
+        ..Default::default()
+    });
+    big.batch_size = 4096;
+    big.held_out_every = 0;
+    let mut small = TrainConfig::default();
+    small.held_out_every = 0;
+    for (name, cfg) in [("4x512 SiLU MLP, batch 4096", big), ("default moons (3x256 SiLU MLP, batch 512)", small)] {
+        eprintln!("benchmarking {name} ...");
+        let mut tr = Trainer::new(cfg.clone(), &dev)?;
+        let steps = rate(a.seconds, || tr.step().map(|_| ()))?;
+        let x0 = crate::rng::noise(4096, &[2], 0, 0, &dev)?;
+        let solver = SolverConfig::fixed(SolverKind::Midpoint, 20);
+        let model = tr.sampling_model();
+        let sampling = rate(a.seconds, || crate::sample::sample_from(model, &x0, &solver, false).map(|_| ()))?;
+        rows.push(format!(
+            "| {name} | {:.2} | {:.1} | {:.0} |",
+            steps,
+            1000.0 / steps,
+            sampling * 4096.0
+        ));
+    }
+    let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "unset".into());
+    let mut table = format!(
+        "flowlab {} on {} (CANDLE_NUM_THREADS={threads}, {} logical CPUs)\n\n| workload | train steps/s | ms/step | samples/s (midpoint, 20 steps, batch 4096) |\n|---|---|---|---|\n",
+        env!("CARGO_PKG_VERSION"),
+        a.device,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    for r in rows {
+        table.push_str(&r);
+        table.push('\n');
+    }
+    print!("{table}");
+    if let Some(p) = &a.out {
+        crate::fsutil::write_atomic(p, table.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Runs a parsed command.
+pub fn run(cmd: &Command) -> Result<()> {
+    match cmd {
+        Command::Train(a) => run_train(a),
+        Command::Sample(a) => run_sample(a),
+        Command::Eval(a) => run_eval(a),
+        Command::Bench(a) => run_bench(a),
+    }
+}

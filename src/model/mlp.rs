@@ -1,0 +1,109 @@
+//! MLP velocity field: v(x, t) = MLP([flatten(x), embed(t)]).
+
+use candle_core::{DType, Tensor};
+use candle_nn::{Linear, Module as _, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::{Activation, FlowModel, ModelConfig, TimeEmbedding, TimeEmbeddingConfig, VelocityField};
+use crate::{Error, Result};
+
+/// Hyperparameters of the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MlpConfig {
+    /// Units per hidden layer.
+    pub width: usize,
+    /// Number of hidden layers (the network has `depth + 1` linear layers).
+    pub depth: usize,
+    /// Activation after each hidden layer.
+    pub activation: Activation,
+    /// Time embedding concatenated to the input.
+    pub time_embedding: TimeEmbeddingConfig,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        MlpConfig {
+            width: 256,
+            depth: 3,
+            activation: Activation::Silu,
+            time_embedding: TimeEmbeddingConfig::default(),
+        }
+    }
+}
+
+impl MlpConfig {
+    /// Checks the hyperparameters are in range.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=16_384).contains(&self.width) {
+            return Err(Error::config(format!("MLP width must be 1..=16384, got {}", self.width)));
+        }
+        if !(1..=64).contains(&self.depth) {
+            return Err(Error::config(format!("MLP depth must be 1..=64, got {}", self.depth)));
+        }
+        if self.time_embedding.frequencies > 1024 {
+            return Err(Error::config("time embedding: at most 1024 frequencies"));
+        }
+        Ok(())
+    }
+}
+
+/// The MLP. Parameter names: `layers.{i}.weight` `(out, in)` and `layers.{i}.bias` `(out,)`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    cfg: MlpConfig,
+    embed: TimeEmbedding,
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    /// Builds an MLP for samples of shape `sample_shape` (flattened to `dim` inputs and outputs).
+    pub fn new(cfg: MlpConfig, sample_shape: &[usize], vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let dim: usize = sample_shape.iter().product();
+        if dim == 0 {
+            return Err(Error::config(format!("empty sample shape {sample_shape:?}")));
+        }
+        let embed = TimeEmbedding::new(cfg.time_embedding, vb.device())?;
+        let mut layers = Vec::with_capacity(cfg.depth + 1);
+        let mut fan_in = dim + cfg.time_embedding.out_dim();
+        let vb = vb.pp("layers");
+        for i in 0..cfg.depth {
+            layers.push(candle_nn::linear(fan_in, cfg.width, vb.pp(i))?);
+            fan_in = cfg.width;
+        }
+        layers.push(candle_nn::linear(fan_in, dim, vb.pp(cfg.depth))?);
+        Ok(Mlp {
+            cfg,
+            embed,
+            layers,
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn mlp_config(&self) -> MlpConfig {
+        self.cfg
+    }
+}
+
+impl VelocityField for Mlp {
+    fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let batch = x.dim(0)?;
+        let xf = x.to_dtype(DType::F32)?.reshape((batch, ()))?;
+        let mut h = Tensor::cat(&[&xf, &self.embed.forward(t)?], 1)?;
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if i + 1 < n {
+                h = self.cfg.activation.apply(&h)?;
+            }
+        }
+        Ok(h.reshape(x.shape())?.to_dtype(dtype)?)
+    }
+}
+
+impl FlowModel for Mlp {
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Mlp(self.cfg)
+    }
+}

@@ -1,0 +1,132 @@
+//! Velocity fields v(x, t): the [`VelocityField`] trait, model configs, and the MLP.
+
+pub mod embedding;
+pub mod mlp;
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+pub use embedding::{TimeEmbedding, TimeEmbeddingConfig};
+pub use mlp::{Mlp, MlpConfig};
+
+use crate::Result;
+
+/// A time-dependent vector field v(x, t). t = 0 is noise, t = 1 is data.
+pub trait VelocityField {
+    /// Evaluates the field. `x`: `(batch, ...)`, `t`: `(batch,)` of the same
+    /// dtype and device. Returns a tensor shaped like `x`.
+    fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+}
+
+/// Any `Fn(&Tensor, &Tensor) -> Result<Tensor>` is a velocity field (handy for
+/// analytic fields in tests and for wrapping models).
+impl<F> VelocityField for F
+where
+    F: Fn(&Tensor, &Tensor) -> Result<Tensor>,
+{
+    fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self(x, t)
+    }
+}
+
+/// A trainable velocity network (MLP now, UNet later).
+pub trait FlowModel: VelocityField + Send + Sync {
+    /// The configuration that rebuilds this model.
+    fn config(&self) -> ModelConfig;
+}
+
+/// Activation function between hidden layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// x · sigmoid(x) (also called Swish).
+    #[default]
+    Silu,
+    /// max(0, x).
+    Relu,
+    /// Gaussian error linear unit (tanh approximation).
+    Gelu,
+    /// Exponential linear unit with alpha = 1.
+    Elu,
+    /// Hyperbolic tangent.
+    Tanh,
+}
+
+impl Activation {
+    /// Every activation, in display order.
+    pub const ALL: [Activation; 5] = [
+        Activation::Silu,
+        Activation::Relu,
+        Activation::Gelu,
+        Activation::Elu,
+        Activation::Tanh,
+    ];
+
+    /// The command-line name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Elu => "elu",
+            Activation::Tanh => "tanh",
+        }
+    }
+
+    /// Looks an activation up by name.
+    pub fn from_name(name: &str) -> Option<Activation> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Applies the activation elementwise.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Silu => x.silu(),
+            Activation::Relu => x.relu(),
+            Activation::Gelu => x.gelu(),
+            Activation::Elu => x.elu(1.0),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// Which network and its hyperparameters. Serialised into configs and checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ModelConfig {
+    /// A multi-layer perceptron on flattened samples.
+    Mlp(MlpConfig),
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig::Mlp(MlpConfig::default())
+    }
+}
+
+impl ModelConfig {
+    /// Checks the hyperparameters are in range.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Mlp(c) => c.validate(),
+        }
+    }
+
+    /// Builds the model for samples of shape `sample_shape` (e.g. `[2]`), creating its
+    /// parameters through `vb`. Initial values come from `vb`'s initialisers; use
+    /// [`crate::train::init_params`] for seeded initial values.
+    pub fn build(&self, sample_shape: &[usize], vb: VarBuilder) -> Result<Box<dyn FlowModel>> {
+        match self {
+            ModelConfig::Mlp(c) => Ok(Box::new(Mlp::new(c.clone(), sample_shape, vb)?)),
+        }
+    }
+
+    /// Number of trainable parameters for samples of shape `sample_shape`.
+    pub fn param_count(&self, sample_shape: &[usize]) -> Result<usize> {
+        let map = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &candle_core::Device::Cpu);
+        self.build(sample_shape, vb)?;
+        Ok(map.all_vars().iter().map(|v| v.elem_count()).sum())
+    }
+}

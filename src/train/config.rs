@@ -1,0 +1,191 @@
+//! The serialisable description of a training run: a run is reproducible from
+//! its [`TrainConfig`] (which includes the seed).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DatasetKind, Toy2d};
+use crate::flow::{Scheduler, TimeSampling};
+use crate::model::ModelConfig;
+use crate::solver::SolverConfig;
+use crate::{Error, Result};
+
+/// AdamW hyperparameters and the learning-rate schedule (linear warm-up, then
+/// cosine decay from `lr` to `lr · min_lr_ratio` at the last step).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Exponential decay of the first moment.
+    pub beta1: f64,
+    /// Exponential decay of the second moment.
+    pub beta2: f64,
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW): `p ← p − lr · weight_decay · p`.
+    pub weight_decay: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of `lr` (1 disables the decay).
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this value (`None`: no clipping).
+    pub grad_clip: Option<f64>,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            lr: 2e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_steps: 100,
+            min_lr_ratio: 0.01,
+            grad_clip: Some(1.0),
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// The learning rate used for step `step` (0-based) of a `total`-step run.
+    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let decay_steps = total.saturating_sub(self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+    }
+
+    /// Checks the values are in range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, v: f64| Err(Error::config(format!("{what} is out of range: {v}")));
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
+            return bad("learning rate (must be in (0, 10])", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.beta1) {
+            return bad("beta1 (must be in [0, 1))", self.beta1);
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            return bad("beta2 (must be in [0, 1))", self.beta2);
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad("eps (must be > 0)", self.eps);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight decay (must be >= 0)", self.weight_decay);
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("min_lr_ratio (must be in [0, 1])", self.min_lr_ratio);
+        }
+        if let Some(c) = self.grad_clip
+            && !(c.is_finite() && c > 0.0)
+        {
+            return bad("gradient clip (must be > 0)", c);
+        }
+        Ok(())
+    }
+}
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The data.
+    pub dataset: DatasetKind,
+    /// The velocity network.
+    pub model: ModelConfig,
+    /// The probability path's scheduler.
+    pub scheduler: Scheduler,
+    /// How training times are drawn.
+    pub time_sampling: TimeSampling,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Total training steps.
+    pub steps: u64,
+    /// Optimiser and learning-rate schedule.
+    pub optimizer: OptimizerConfig,
+    /// Decay of the exponential moving average of the weights (`None`: no EMA).
+    /// Sampling uses the EMA weights when present.
+    pub ema_decay: Option<f64>,
+    /// Seed of every random draw (initial weights, batches, times, noise).
+    pub seed: u64,
+    /// Size of the fixed held-out batch whose loss is reported.
+    pub held_out_size: usize,
+    /// Compute the held-out loss every this many steps (0: never).
+    pub held_out_every: u64,
+    /// The solver used for samples and the end-of-training evaluation.
+    pub solver: SolverConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            dataset: DatasetKind::Toy2d {
+                toy: Toy2d::Moons { noise: 0.05 },
+            },
+            model: ModelConfig::default(),
+            scheduler: Scheduler::CondOt,
+            time_sampling: TimeSampling::Uniform,
+            batch_size: 512,
+            steps: 4000,
+            optimizer: OptimizerConfig::default(),
+            ema_decay: Some(0.999),
+            seed: 0,
+            held_out_size: 1024,
+            held_out_every: 100,
+            solver: SolverConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value is in range, with a message naming the bad one.
+    pub fn validate(&self) -> Result<()> {
+        if let DatasetKind::Toy2d { toy } = &self.dataset {
+            toy.validate()?;
+        }
+        self.model.validate()?;
+        self.scheduler.validate()?;
+        self.optimizer.validate()?;
+        self.solver.validate()?;
+        if !(1..=1 << 20).contains(&self.batch_size) {
+            return Err(Error::config(format!(
+                "batch size must be 1..=1048576, got {}",
+                self.batch_size
+            )));
+        }
+        if self.steps == 0 {
+            return Err(Error::config("steps must be at least 1"));
+        }
+        if let Some(d) = self.ema_decay
+            && !(0.0..1.0).contains(&d)
+        {
+            return Err(Error::config(format!("EMA decay must be in [0, 1), got {d}")));
+        }
+        if let crate::flow::TimeSampling::LogitNormal { mean, std } = self.time_sampling
+            && !(mean.is_finite() && std.is_finite() && std > 0.0)
+        {
+            return Err(Error::config("logit-normal time sampling needs a finite mean and std > 0"));
+        }
+        if self.held_out_size == 0 && self.held_out_every > 0 {
+            return Err(Error::config("held-out size must be at least 1 when held-out loss is on"));
+        }
+        Ok(())
+    }
+
+    /// Parses a JSON config (missing fields take their defaults) and validates it.
+    pub fn from_json(text: &str) -> Result<TrainConfig> {
+        let cfg: TrainConfig =
+            serde_json::from_str(text).map_err(|e| Error::config(format!("bad JSON config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,419 @@
+//! The training loop of conditional flow matching:
+//! loss = E_{t, x_0, x_1} ‖v_θ(x_t, t) − (d_alpha_t x_1 + d_sigma_t x_0)‖².
+//!
+//! [`Trainer::step`] runs one step; [`Trainer::run`] loops and reports every
+//! step through a callback that can stop it, so the CLI's progress bar and the
+//! app's worker thread drive the same code.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::RngExt as _;
+
+use super::config::TrainConfig;
+use super::optim::AdamW;
+use crate::data::Dataset;
+use crate::flow::AffinePath;
+use crate::model::{FlowModel, ModelConfig};
+use crate::rng::{Stream, gaussian, stream_rng};
+use crate::{Error, Result};
+
+/// Progress after one training step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Steps completed so far (1 after the first step).
+    pub step: u64,
+    /// Total steps of the run.
+    pub total_steps: u64,
+    /// Training loss of this step's batch.
+    pub loss: f32,
+    /// Loss on the fixed held-out batch, when it was computed this step.
+    pub held_out_loss: Option<f32>,
+    /// Learning rate used for this step.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Recent training speed.
+    pub steps_per_sec: f64,
+}
+
+/// How [`Trainer::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// All configured steps are done.
+    Finished,
+    /// The callback asked to stop.
+    Stopped,
+}
+
+/// A model's parameters by name, sorted by name (the safetensors keys).
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Parameter names, sorted.
+    pub names: Vec<String>,
+    /// The variables, aligned with `names`.
+    pub vars: Vec<Var>,
+}
+
+impl Params {
+    /// Collects the variables of `map`, sorted by name.
+    pub fn from_varmap(map: &VarMap) -> Result<Params> {
+        let data = map
+            .data()
+            .lock()
+            .map_err(|_| Error::config("parameter map lock poisoned"))?;
+        let mut pairs: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let (names, vars) = pairs.into_iter().unzip();
+        Ok(Params { names, vars })
+    }
+
+    /// Builds a model from `cfg` with fresh variables on `device`.
+    pub fn build(cfg: &ModelConfig, sample_shape: &[usize], device: &Device) -> Result<(Box<dyn FlowModel>, Params)> {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, device);
+        let model = cfg.build(sample_shape, vb)?;
+        Ok((model, Params::from_varmap(&map)?))
+    }
+
+    /// Total number of scalar parameters.
+    pub fn count(&self) -> usize {
+        self.vars.iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Copies `values` (aligned with `names`) into the variables.
+    pub fn set_all(&self, values: &[Tensor]) -> Result<()> {
+        if values.len() != self.vars.len() {
+            return Err(Error::config("parameter count mismatch"));
+        }
+        for (v, t) in self.vars.iter().zip(values) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+
+    /// The current values (cheap clones of the tensors).
+    pub fn tensors(&self) -> Vec<Tensor> {
+        self.vars.iter().map(|v| v.as_tensor().clone()).collect()
+    }
+}
+
+/// Seeded initialisation (candle's own initialisers use an unseedable RNG).
+///
+/// A weight with at least two dimensions `(out, in, ...)` gets U(−b, b) with
+/// b = 1/sqrt(fan_in), fan_in = product of all but the first dimension (PyTorch's
+/// default for linear and conv layers); a `*.bias` gets the bound of its sibling
+/// `*.weight`. Other 1-D parameters keep their constructor's constant values.
+pub fn init_params(params: &Params, seed: u64) -> Result<()> {
+    let mut rng = stream_rng(seed, Stream::Init, 0);
+    let fan_in = |v: &Var| -> usize { v.dims().iter().skip(1).product::<usize>().max(1) };
+    for (name, var) in params.names.iter().zip(&params.vars) {
+        let bound = if var.rank() >= 2 {
+            Some(1.0 / (fan_in(var) as f32).sqrt())
+        } else if let Some(stem) = name.strip_suffix(".bias") {
+            let wname = format!("{stem}.weight");
+            params
+                .names
+                .iter()
+                .position(|n| *n == wname)
+                .and_then(|i| params.vars.get(i))
+                .filter(|w| w.rank() >= 2)
+                .map(|w| 1.0 / (fan_in(w) as f32).sqrt())
+        } else {
+            None
+        };
+        if let Some(b) = bound {
+            let vals: Vec<f32> = (0..var.elem_count()).map(|_| rng.random_range(-b..=b)).collect();
+            var.set(&Tensor::from_vec(vals, var.shape(), var.device())?)?;
+        }
+    }
+    Ok(())
+}
+
+/// A fixed held-out batch: noise, data and times, `(n, ...)`.
+struct HeldOut {
+    x_0: Tensor,
+    x_1: Tensor,
+    t: Vec<f64>,
+}
+
+/// Owns a model, its optimiser and EMA, and runs training steps.
+pub struct Trainer {
+    cfg: TrainConfig,
+    device: Device,
+    dataset: Arc<dyn Dataset>,
+    sample_shape: Vec<usize>,
+    model: Box<dyn FlowModel>,
+    params: Params,
+    ema: Option<(Box<dyn FlowModel>, Params)>,
+    opt: AdamW,
+    path: AffinePath,
+    step: u64,
+    held_out: Option<HeldOut>,
+    recent: VecDeque<Instant>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("step", &self.step)
+            .field("config", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// Sets up a fresh run: loads the data, builds and initialises the model from the seed.
+    pub fn new(cfg: TrainConfig, device: &Device) -> Result<Trainer> {
+        cfg.validate()?;
+        let dataset: Arc<dyn Dataset> = Arc::from(cfg.dataset.build()?);
+        Self::with_dataset(cfg, dataset, device)
+    }
+
+    /// Like [`Trainer::new`] with an already loaded dataset (must match `cfg.dataset`).
+    pub fn with_dataset(cfg: TrainConfig, dataset: Arc<dyn Dataset>, device: &Device) -> Result<Trainer> {
+        cfg.validate()?;
+        let sample_shape = dataset.sample_shape();
+        let (model, params) = Params::build(&cfg.model, &sample_shape, device)?;
+        init_params(&params, cfg.seed)?;
+        let ema = match cfg.ema_decay {
+            Some(_) => {
+                let (m, p) = Params::build(&cfg.model, &sample_shape, device)?;
+                p.set_all(&params.tensors())?;
+                Some((m, p))
+            }
+            None => None,
+        };
+        let opt = AdamW::new(params.vars.clone(), cfg.optimizer)?;
+        let held_out = if cfg.held_out_size > 0 {
+            let n = cfg.held_out_size;
+            let mut rng = stream_rng(cfg.seed, Stream::HeldOut, 0);
+            let x_1 = dataset.sample_held_out(n, &mut rng);
+            let x_0 = gaussian(x_1.len(), &mut rng);
+            let t = (0..n)
+                .map(|_| cfg.time_sampling.draw(cfg.scheduler.t_max_train(), &mut rng))
+                .collect();
+            let shape = batch_shape(n, &sample_shape);
+            Some(HeldOut {
+                x_0: Tensor::from_vec(x_0, shape.clone(), device)?,
+                x_1: Tensor::from_vec(x_1, shape, device)?,
+                t,
+            })
+        } else {
+            None
+        };
+        Ok(Trainer {
+            path: AffinePath::new(cfg.scheduler),
+            cfg,
+            device: device.clone(),
+            dataset,
+            sample_shape,
+            model,
+            params,
+            ema,
+            opt,
+            step: 0,
+            held_out,
+            recent: VecDeque::new(),
+        })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Sets the total number of steps (e.g. to extend a resumed run).
+    pub fn set_total_steps(&mut self, steps: u64) -> Result<()> {
+        if steps == 0 {
+            return Err(Error::config("steps must be at least 1"));
+        }
+        self.cfg.steps = steps;
+        Ok(())
+    }
+
+    /// Steps completed.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &Arc<dyn Dataset> {
+        &self.dataset
+    }
+
+    /// Shape of one sample, e.g. `[2]`.
+    pub fn sample_shape(&self) -> &[usize] {
+        &self.sample_shape
+    }
+
+    /// The model with the training weights.
+    pub fn model(&self) -> &dyn FlowModel {
+        self.model.as_ref()
+    }
+
+    /// The model to sample from: the EMA weights when EMA is on, else the training weights.
+    pub fn sampling_model(&self) -> &dyn FlowModel {
+        match &self.ema {
+            Some((m, _)) => m.as_ref(),
+            None => self.model.as_ref(),
+        }
+    }
+
+    /// The training parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The EMA parameters, when EMA is on.
+    pub fn ema_params(&self) -> Option<&Params> {
+        self.ema.as_ref().map(|(_, p)| p)
+    }
+
+    /// The optimiser.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    /// Restores weights, EMA, optimiser state and step count (used by checkpoint loading).
+    pub fn restore(
+        &mut self,
+        weights: &[Tensor],
+        ema: Option<&[Tensor]>,
+        moments: (Vec<Tensor>, Vec<Tensor>),
+        step: u64,
+    ) -> Result<()> {
+        self.params.set_all(weights)?;
+        match (&self.ema, ema) {
+            (Some((_, p)), Some(e)) => p.set_all(e)?,
+            (Some((_, p)), None) => p.set_all(weights)?,
+            _ => {}
+        }
+        self.opt.restore(moments.0, moments.1, step)?;
+        self.step = step;
+        Ok(())
+    }
+
+    fn batch(&self, step: u64) -> Result<(Tensor, Tensor, Vec<f64>)> {
+        let b = self.cfg.batch_size;
+        let mut rng = stream_rng(self.cfg.seed, Stream::Batch, step);
+        let x_1 = self.dataset.sample_train(b, &mut rng);
+        let x_0 = gaussian(x_1.len(), &mut rng);
+        let t_max = self.cfg.scheduler.t_max_train();
+        let t = (0..b).map(|_| self.cfg.time_sampling.draw(t_max, &mut rng)).collect();
+        let shape = batch_shape(b, &self.sample_shape);
+        Ok((
+            Tensor::from_vec(x_0, shape.clone(), &self.device)?,
+            Tensor::from_vec(x_1, shape, &self.device)?,
+            t,
+        ))
+    }
+
+    fn loss(&self, model: &dyn FlowModel, x_0: &Tensor, x_1: &Tensor, t: &[f64]) -> Result<Tensor> {
+        let ps = self.path.sample(x_0, x_1, t)?;
+        let tt = Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), t.len(), &self.device)?;
+        let v = model.velocity(&ps.x_t, &tt)?;
+        Ok((v - ps.dx_t)?.sqr()?.mean_all()?)
+    }
+
+    /// The loss of the training weights on the fixed held-out batch.
+    pub fn held_out_loss(&self) -> Result<Option<f32>> {
+        let Some(h) = &self.held_out else {
+            return Ok(None);
+        };
+        let l = self.loss(self.model.as_ref(), &h.x_0, &h.x_1, &h.t)?;
+        Ok(Some(l.to_scalar::<f32>()?))
+    }
+
+    /// Runs one training step. On a NaN or infinite loss or gradient it returns
+    /// [`Error::NonFinite`] and leaves the weights of the last good step in place.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let s = self.step;
+        let lr = self.cfg.optimizer.lr_at(s, self.cfg.steps);
+        let (x_0, x_1, t) = self.batch(s)?;
+        let loss = self.loss(self.model.as_ref(), &x_0, &x_1, &t)?;
+        let loss_val = loss.to_scalar::<f32>()?;
+        if !loss_val.is_finite() {
+            return Err(Error::NonFinite {
+                step: s + 1,
+                last_good_step: s,
+                what: "loss",
+                value: loss_val,
+            });
+        }
+        let grads = loss.backward()?;
+        let info = self.opt.step(&grads, lr, s + 1).map_err(|e| match e {
+            Error::NonFinite { what, value, .. } => Error::NonFinite {
+                step: s + 1,
+                last_good_step: s,
+                what,
+                value,
+            },
+            other => other,
+        })?;
+        if let (Some((_, ema)), Some(decay)) = (&self.ema, self.cfg.ema_decay) {
+            let n = (s + 1) as f64;
+            let d = decay.min((1.0 + n) / (10.0 + n));
+            for (e, p) in ema.vars.iter().zip(&self.params.vars) {
+                e.set(&(e.affine(d, 0.0)? + p.affine(1.0 - d, 0.0)?)?)?;
+            }
+        }
+        self.step = s + 1;
+        let held_out_loss = if self.cfg.held_out_every > 0
+            && (self.step % self.cfg.held_out_every == 0 || self.step == self.cfg.steps)
+        {
+            self.held_out_loss()?
+        } else {
+            None
+        };
+        let now = Instant::now();
+        self.recent.push_back(now);
+        if self.recent.len() > 50 {
+            self.recent.pop_front();
+        }
+        let steps_per_sec = match self.recent.front() {
+            Some(first) if self.recent.len() > 1 => {
+                let dt = now.duration_since(*first).as_secs_f64();
+                if dt > 0.0 { (self.recent.len() - 1) as f64 / dt } else { 0.0 }
+            }
+            _ => 0.0,
+        };
+        Ok(StepReport {
+            step: self.step,
+            total_steps: self.cfg.steps,
+            loss: loss_val,
+            held_out_loss,
+            lr,
+            grad_norm: info.grad_norm,
+            steps_per_sec,
+        })
+    }
+
+    /// Trains until the configured number of steps, calling `on_step` after every
+    /// step; returning `ControlFlow::Break` from it stops between two steps.
+    pub fn run(&mut self, mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>) -> Result<RunEnd> {
+        while self.step < self.cfg.steps {
+            let report = self.step()?;
+            if on_step(&report).is_break() {
+                return Ok(RunEnd::Stopped);
+            }
+        }
+        Ok(RunEnd::Finished)
+    }
+}
+
+/// `[n, sample_shape...]`.
+pub(crate) fn batch_shape(n: usize, sample_shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![n];
+    s.extend_from_slice(sample_shape);
+    s
+}
