@@ -1,0 +1,11 @@
+//! Integration tests of the FlowLab engine and CLI (one test binary, so the
+//! heavy dependencies are linked once). Run with `cargo test --release`.
+
+mod checkpoint;
+mod cli;
+mod common;
+mod data;
+mod flow;
+mod metrics;
+mod solver;
+mod train;

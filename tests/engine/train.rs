@@ -1,0 +1,197 @@
+//! The training loop, AdamW and seeded reproducibility.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Tensor, Var};
+use flowlab::data::{Dataset, Standardizer, Toy2d, ToyDataset};
+use flowlab::train::{AdamW, OptimizerConfig, RunEnd, TrainConfig, Trainer};
+use rand::rngs::StdRng;
+
+use crate::common::{max_diff, tiny_config};
+
+fn losses(cfg: &TrainConfig, steps: u64) -> Vec<f32> {
+    let mut tr = Trainer::new(cfg.clone(), &Device::Cpu).expect("trainer");
+    (0..steps).map(|_| tr.step().expect("step").loss).collect()
+}
+
+#[test]
+fn loss_falls_on_a_short_run() {
+    let cfg = tiny_config(300);
+    let mut tr = Trainer::new(cfg, &Device::Cpu).expect("trainer");
+    let first = tr.held_out_loss().expect("loss").expect("held-out on");
+    let mut last = None;
+    let end = tr
+        .run(|r| {
+            if r.held_out_loss.is_some() {
+                last = r.held_out_loss;
+            }
+            ControlFlow::Continue(())
+        })
+        .expect("run");
+    assert_eq!(end, RunEnd::Finished);
+    assert_eq!(tr.step_count(), 300);
+    let last = last.expect("held-out loss reported");
+    // The CondOT loss has an irreducible part (~1.3 on standardised moons): the
+    // untrained model starts near 2-3.
+    assert!(last < 0.8 * first, "held-out loss {first} -> {last}");
+}
+
+#[test]
+fn same_seed_same_loss_curve_other_seed_other_curve() {
+    let cfg = tiny_config(20);
+    let a = losses(&cfg, 20);
+    let b = losses(&cfg, 20);
+    assert_eq!(a, b, "bit-identical loss curves for one seed");
+    let mut other = cfg.clone();
+    other.seed = 99;
+    assert_ne!(a, losses(&other, 20));
+}
+
+#[test]
+fn run_stops_between_steps_when_asked() {
+    let mut tr = Trainer::new(tiny_config(100), &Device::Cpu).expect("trainer");
+    let end = tr
+        .run(|r| if r.step == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        .expect("run");
+    assert_eq!(end, RunEnd::Stopped);
+    assert_eq!(tr.step_count(), 3);
+}
+
+#[test]
+fn lr_schedule_warms_up_then_decays_to_the_floor() {
+    let o = OptimizerConfig { lr: 1e-3, warmup_steps: 10, min_lr_ratio: 0.1, ..Default::default() };
+    assert!((o.lr_at(0, 100) - 1e-4).abs() < 1e-12);
+    assert!((o.lr_at(9, 100) - 1e-3).abs() < 1e-12);
+    assert!((o.lr_at(10, 100) - 1e-3).abs() < 1e-12);
+    assert!((o.lr_at(55, 100) - 0.55e-3).abs() < 1e-9, "half-way cosine {}", o.lr_at(55, 100));
+    assert!((o.lr_at(100, 100) - 1e-4).abs() < 1e-12);
+    let mut prev = f64::INFINITY;
+    for s in 10..100 {
+        assert!(o.lr_at(s, 100) <= prev);
+        prev = o.lr_at(s, 100);
+    }
+}
+
+#[test]
+fn adamw_first_step_moves_each_weight_by_lr_against_its_gradient() {
+    // Adam's first update is lr · g / (|g| + eps) = lr · sign(g).
+    let p = Var::from_vec(vec![1.0f32, -2.0, 0.5], 3, &Device::Cpu).expect("var");
+    let cfg = OptimizerConfig { lr: 0.1, weight_decay: 0.0, grad_clip: None, ..Default::default() };
+    let mut opt = AdamW::new(vec![p.clone()], cfg).expect("opt");
+    let loss = p.as_tensor().sqr().expect("sqr").sum_all().expect("sum");
+    opt.step(&loss.backward().expect("grad"), 0.1, 1).expect("step");
+    let got: Vec<f32> = p.as_tensor().to_vec1().expect("vals");
+    let want = [0.9f32, -1.9, 0.4];
+    assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6), "{got:?}");
+    // Decoupled weight decay shrinks the weight by lr · wd on top.
+    let q = Var::from_vec(vec![1.0f32], 1, &Device::Cpu).expect("var");
+    let cfg = OptimizerConfig { lr: 0.1, weight_decay: 0.5, grad_clip: None, ..Default::default() };
+    let mut opt = AdamW::new(vec![q.clone()], cfg).expect("opt");
+    let loss = q.as_tensor().sqr().expect("sqr").sum_all().expect("sum");
+    opt.step(&loss.backward().expect("grad"), 0.1, 1).expect("step");
+    let got: Vec<f32> = q.as_tensor().to_vec1().expect("vals");
+    assert!((got[0] - (1.0 * 0.95 - 0.1)).abs() < 1e-6, "{got:?}");
+}
+
+#[test]
+fn gradient_clipping_bounds_the_update_direction_norm() {
+    let p = Var::from_vec(vec![3.0f32, 4.0], 2, &Device::Cpu).expect("var");
+    let cfg = OptimizerConfig { grad_clip: Some(1.0), ..Default::default() };
+    let opt = AdamW::new(vec![p.clone()], cfg).expect("opt");
+    let loss = (p.as_tensor() * 10.0).expect("mul").sum_all().expect("sum");
+    let norm = opt.grad_norm(&loss.backward().expect("grad")).expect("norm");
+    assert!((norm - 200f32.sqrt()).abs() < 1e-4, "gradient (10, 10) has norm {norm}");
+}
+
+/// Moons that turn into NaN once `poison` is set.
+struct Poisonable {
+    inner: ToyDataset,
+    poison: Arc<AtomicBool>,
+}
+
+impl Dataset for Poisonable {
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![2]
+    }
+    fn sample_train(&self, n: usize, rng: &mut StdRng) -> Vec<f32> {
+        let mut v = self.inner.sample_train(n, rng);
+        if self.poison.load(Ordering::Relaxed) {
+            v[0] = f32::NAN;
+        }
+        v
+    }
+    fn sample_held_out(&self, n: usize, rng: &mut StdRng) -> Vec<f32> {
+        self.inner.sample_held_out(n, rng)
+    }
+    fn to_data_space(&self, x: &mut [f32]) {
+        self.inner.to_data_space(x)
+    }
+    fn standardizer(&self) -> Option<Standardizer> {
+        self.inner.standardizer()
+    }
+}
+
+#[test]
+fn nan_loss_stops_training_and_keeps_the_last_good_weights() {
+    let poison = Arc::new(AtomicBool::new(false));
+    let ds = Arc::new(Poisonable {
+        inner: ToyDataset::new(Toy2d::Moons { noise: 0.05 }),
+        poison: poison.clone(),
+    });
+    let mut tr = Trainer::with_dataset(tiny_config(50), ds, &Device::Cpu).expect("trainer");
+    for _ in 0..5 {
+        tr.step().expect("good step");
+    }
+    let before: Vec<Tensor> = tr.params().tensors().iter().map(|t| t.copy().expect("copy")).collect();
+    poison.store(true, Ordering::Relaxed);
+    let err = tr.step().expect_err("NaN must stop training");
+    match &err {
+        flowlab::Error::NonFinite { step, last_good_step, what, .. } => {
+            assert_eq!((*step, *last_good_step, *what), (6, 5, "loss"));
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(err.to_string().contains("step 5 were kept"), "{err}");
+    assert_eq!(tr.step_count(), 5);
+    for (a, b) in before.iter().zip(tr.params().tensors()) {
+        assert_eq!(max_diff(a, &b), 0.0, "weights unchanged");
+    }
+    // Training continues once the data is fine again.
+    poison.store(false, Ordering::Relaxed);
+    assert_eq!(tr.step().expect("recovers").step, 6);
+}
+
+#[test]
+fn invalid_configs_are_rejected_with_a_message() {
+    let mut c = tiny_config(10);
+    c.batch_size = 0;
+    assert!(Trainer::new(c, &Device::Cpu).expect_err("batch 0").to_string().contains("batch size"));
+    let mut c = tiny_config(10);
+    c.optimizer.lr = -1.0;
+    assert!(Trainer::new(c, &Device::Cpu).expect_err("lr").to_string().contains("learning rate"));
+    let err = TrainConfig::from_json("{\"batch_size\": 12, \"typo\": 1}").expect_err("unknown field");
+    assert!(err.to_string().contains("typo"), "{err}");
+    let cfg = TrainConfig::from_json("{\"batch_size\": 12}").expect("partial config");
+    assert_eq!(cfg.batch_size, 12);
+    assert_eq!(TrainConfig::from_json(&cfg.to_json()).expect("round trip"), cfg);
+}
+
+#[test]
+fn every_scheduler_and_time_sampling_trains() {
+    use flowlab::flow::{Scheduler, TimeSampling};
+    for (s, ts) in Scheduler::ALL.into_iter().zip([
+        TimeSampling::Uniform,
+        TimeSampling::LOGIT_NORMAL,
+        TimeSampling::Uniform,
+        TimeSampling::LOGIT_NORMAL,
+        TimeSampling::Uniform,
+    ]) {
+        let mut cfg = tiny_config(30);
+        cfg.scheduler = s;
+        cfg.time_sampling = ts;
+        let l = losses(&cfg, 30);
+        assert!(l.iter().all(|v| v.is_finite()), "{s:?}");
+    }
+}
