@@ -57,7 +57,9 @@ impl CheckpointMeta {
     pub fn to_data_space(&self, x: &mut [f32]) {
         match (&self.standardizer, self.config.dataset.is_image()) {
             (Some(s), _) => s.to_data(x),
-            (None, true) => x.iter_mut().for_each(|v| *v = ((*v + 1.0) * 127.5).clamp(0.0, 255.0)),
+            (None, true) => x
+                .iter_mut()
+                .for_each(|v| *v = ((*v + 1.0) * 127.5).clamp(0.0, 255.0)),
             (None, false) => {}
         }
     }
@@ -95,7 +97,9 @@ impl Checkpoint {
         let (m, v) = tr.optimizer().moments();
         for (i, name) in params.names.iter().enumerate() {
             let (Some(p), Some(mi), Some(vi)) = (params.vars.get(i), m.get(i), v.get(i)) else {
-                return Err(Error::config("optimizer state does not match the parameters"));
+                return Err(Error::config(
+                    "optimizer state does not match the parameters",
+                ));
             };
             tensors.insert(format!("model.{name}"), p.as_tensor().copy()?);
             tensors.insert(format!("opt.m.{name}"), mi.copy()?);
@@ -142,7 +146,8 @@ impl Checkpoint {
             sorted.push((k, t.to_dtype(DType::F32)?.contiguous()?));
         }
         sorted.sort_by(|a, b| a.0.cmp(b.0));
-        safetensors::serialize(sorted, Some(info)).map_err(|e| Error::config(format!("cannot serialise checkpoint: {e}")))
+        safetensors::serialize(sorted, Some(info))
+            .map_err(|e| Error::config(format!("cannot serialise checkpoint: {e}")))
     }
 
     /// Writes the checkpoint to `path` atomically (creating its folder).
@@ -172,9 +177,11 @@ impl Checkpoint {
                     .into(),
             ));
         }
-        let json = info.get(META_KEY).ok_or_else(|| err("FlowLab metadata is missing".into()))?;
-        let version: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| err(format!("FlowLab metadata is not valid JSON: {e}")))?;
+        let json = info
+            .get(META_KEY)
+            .ok_or_else(|| err("FlowLab metadata is missing".into()))?;
+        let version: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| err(format!("FlowLab metadata is not valid JSON: {e}")))?;
         let found = version.get("format_version").and_then(|v| v.as_u64());
         if found != Some(u64::from(FORMAT_VERSION)) {
             return Err(err(format!(
@@ -182,8 +189,8 @@ impl Checkpoint {
                 found.map_or_else(|| "unknown".to_string(), |v| v.to_string())
             )));
         }
-        let meta: CheckpointMeta =
-            serde_json::from_value(version).map_err(|e| err(format!("FlowLab metadata is invalid: {e}")))?;
+        let meta: CheckpointMeta = serde_json::from_value(version)
+            .map_err(|e| err(format!("FlowLab metadata is invalid: {e}")))?;
         meta.config
             .validate()
             .map_err(|e| err(format!("the stored configuration is invalid: {e}")))?;
@@ -208,7 +215,9 @@ impl Checkpoint {
         let mismatch = |reason: String| {
             Error::checkpoint(
                 path,
-                format!("its weights do not match the model described in its configuration: {reason}"),
+                format!(
+                    "its weights do not match the model described in its configuration: {reason}"
+                ),
             )
         };
         let stored = self
@@ -236,9 +245,17 @@ impl Checkpoint {
                     var.dims()
                 )));
             }
-            let finite = t.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?.is_finite();
+            let finite = t
+                .abs()?
+                .max_all()?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?
+                .is_finite();
             if !finite {
-                return Err(Error::checkpoint(path, format!("tensor {key} contains NaN or infinite values")));
+                return Err(Error::checkpoint(
+                    path,
+                    format!("tensor {key} contains NaN or infinite values"),
+                ));
             }
             out.push(t.to_dtype(DType::F32)?);
         }
@@ -247,11 +264,21 @@ impl Checkpoint {
 
     /// Rebuilds the model for sampling, with the EMA weights when stored
     /// (`prefer_ema`), else the training weights. `path` names the file in errors.
-    pub fn model(&self, device: &Device, prefer_ema: bool, path: &Path) -> Result<Box<dyn FlowModel>> {
-        let (model, params) = Params::build(&self.meta.config.model, &self.meta.sample_shape, device)
-            .map_err(|e| Error::checkpoint(path, format!("cannot build its model: {e}")))?;
+    pub fn model(
+        &self,
+        device: &Device,
+        prefer_ema: bool,
+        path: &Path,
+    ) -> Result<Box<dyn FlowModel>> {
+        let (model, params) =
+            Params::build(&self.meta.config.model, &self.meta.sample_shape, device)
+                .map_err(|e| Error::checkpoint(path, format!("cannot build its model: {e}")))?;
         let has_ema = self.tensors.keys().any(|k| k.starts_with("ema."));
-        let prefix = if prefer_ema && has_ema { "ema" } else { "model" };
+        let prefix = if prefer_ema && has_ema {
+            "ema"
+        } else {
+            "model"
+        };
         params.set_all(&self.take(prefix, &params, path)?)?;
         Ok(model)
     }
@@ -272,7 +299,9 @@ impl Checkpoint {
         let params = tr.params().clone();
         let weights = self.take("model", &params, path)?;
         let ema = match tr.ema_params() {
-            Some(_) if self.tensors.keys().any(|k| k.starts_with("ema.")) => Some(self.take("ema", &params, path)?),
+            Some(_) if self.tensors.keys().any(|k| k.starts_with("ema.")) => {
+                Some(self.take("ema", &params, path)?)
+            }
             _ => None,
         };
         let m = self.take("opt.m", &params, path)?;

@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a model and save a checkpoint.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Draw samples from a checkpoint into a CSV, PNG or IDX file.
     Sample(SampleArgs),
     /// Compare samples with fresh held-out data for every solver and a few step counts.
@@ -198,14 +198,22 @@ pub struct BenchArgs {
 pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| Error::config(format!("CUDA device unavailable: {e}"))),
-        "metal" => Device::new_metal(0).map_err(|e| Error::config(format!("Metal device unavailable: {e}"))),
-        other => Err(Error::config(format!("unknown device {other:?} (use cpu, cuda or metal)"))),
+        "cuda" => {
+            Device::new_cuda(0).map_err(|e| Error::config(format!("CUDA device unavailable: {e}")))
+        }
+        "metal" => Device::new_metal(0)
+            .map_err(|e| Error::config(format!("Metal device unavailable: {e}"))),
+        other => Err(Error::config(format!(
+            "unknown device {other:?} (use cpu, cuda or metal)"
+        ))),
     }
 }
 
 fn unknown(what: &str, got: &str, choices: &[&str]) -> Error {
-    Error::config(format!("unknown {what} {got:?}; choose one of: {}", choices.join(", ")))
+    Error::config(format!(
+        "unknown {what} {got:?}; choose one of: {}",
+        choices.join(", ")
+    ))
 }
 
 /// Builds the training config from the flags (over `--config` or the defaults).
@@ -213,7 +221,8 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io("cannot read", p, e))?;
-            TrainConfig::from_json(&text).map_err(|e| Error::config(format!("{}: {e}", p.display())))?
+            TrainConfig::from_json(&text)
+                .map_err(|e| Error::config(format!("{}: {e}", p.display())))?
         }
         None => TrainConfig::default(),
     };
@@ -221,12 +230,16 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.dataset = DatasetKind::from_name(name, a.mnist_dir.clone())
             .ok_or_else(|| unknown("dataset", name, &DatasetKind::names()))?;
     } else if let (Some(dir), DatasetKind::Mnist { .. }) = (&a.mnist_dir, &cfg.dataset) {
-        cfg.dataset = DatasetKind::Mnist { dir: Some(dir.clone()) };
+        cfg.dataset = DatasetKind::Mnist {
+            dir: Some(dir.clone()),
+        };
     }
     if let Some(noise) = a.noise {
         match &mut cfg.dataset {
             DatasetKind::Toy2d { toy } => *toy = toy.with_noise(noise),
-            DatasetKind::Mnist { .. } => return Err(Error::config("--noise applies to 2D datasets only")),
+            DatasetKind::Mnist { .. } => {
+                return Err(Error::config("--noise applies to 2D datasets only"));
+            }
         }
     }
     if let Some(v) = a.steps {
@@ -265,8 +278,8 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             .ok_or_else(|| unknown("activation", name, &Activation::ALL.map(|x| x.name())))?;
     }
     if let Some(name) = &a.scheduler {
-        cfg.scheduler =
-            Scheduler::from_name(name).ok_or_else(|| unknown("scheduler", name, &Scheduler::ALL.map(|x| x.name())))?;
+        cfg.scheduler = Scheduler::from_name(name)
+            .ok_or_else(|| unknown("scheduler", name, &Scheduler::ALL.map(|x| x.name())))?;
     }
     if let Some(name) = &a.time_sampling {
         cfg.time_sampling = TimeSampling::from_name(name)
@@ -279,7 +292,8 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
 fn solver_config(a: &SolverArgs, base: SolverConfig) -> Result<SolverConfig> {
     let mut s = base;
     if let Some(name) = &a.solver {
-        s.kind = SolverKind::from_name(name).ok_or_else(|| unknown("solver", name, &SolverKind::ALL.map(|x| x.name())))?;
+        s.kind = SolverKind::from_name(name)
+            .ok_or_else(|| unknown("solver", name, &SolverKind::ALL.map(|x| x.name())))?;
     }
     if let Some(v) = a.steps {
         s.steps = v;
@@ -295,7 +309,13 @@ fn solver_config(a: &SolverArgs, base: SolverConfig) -> Result<SolverConfig> {
 }
 
 /// Fresh held-out points in data space (2D) or test images in model space.
-fn reference_points(meta: &CheckpointMeta, n: usize, seed: u64, draw: u64, mnist_dir: Option<&Path>) -> Result<Vec<f32>> {
+fn reference_points(
+    meta: &CheckpointMeta,
+    n: usize,
+    seed: u64,
+    draw: u64,
+    mnist_dir: Option<&Path>,
+) -> Result<Vec<f32>> {
     let mut kind = meta.config.dataset.clone();
     if let (DatasetKind::Mnist { dir }, Some(d)) = (&mut kind, mnist_dir) {
         *dir = Some(d.to_path_buf());
@@ -310,8 +330,23 @@ fn reference_points(meta: &CheckpointMeta, n: usize, seed: u64, draw: u64, mnist
 }
 
 /// W2 of 2D samples (data space) to fresh held-out data, with the data-vs-data floor.
-pub fn heldout_w2(model: &dyn VelocityField, meta: &CheckpointMeta, solver: &SolverConfig, n: usize, seed: u64) -> Result<(f64, f64)> {
-    let mut s = sample(model, &meta.sample_shape, n, seed, solver, false, &Device::Cpu)?.data;
+pub fn heldout_w2(
+    model: &dyn VelocityField,
+    meta: &CheckpointMeta,
+    solver: &SolverConfig,
+    n: usize,
+    seed: u64,
+) -> Result<(f64, f64)> {
+    let mut s = sample(
+        model,
+        &meta.sample_shape,
+        n,
+        seed,
+        solver,
+        false,
+        &Device::Cpu,
+    )?
+    .data;
     meta.to_data_space(&mut s);
     let a = reference_points(meta, n, seed, 0, None)?;
     let b = reference_points(meta, n, seed, 1, None)?;
@@ -360,8 +395,10 @@ fn run_train(a: &TrainArgs) -> Result<()> {
     );
     let bar = ProgressBar::new(cfg.steps);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(tr.step_count());
     let started = Instant::now();
@@ -384,7 +421,7 @@ fn run_train(a: &TrainArgs) -> Result<()> {
                 r.lr,
                 r.steps_per_sec
             ));
-            if save_every.is_some_and(|e| r.step % e == 0) {
+            if save_every.is_some_and(|e| r.step.is_multiple_of(e)) {
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
@@ -410,7 +447,12 @@ fn run_train(a: &TrainArgs) -> Result<()> {
     Checkpoint::from_trainer(&tr)?.save(&a.out)?;
     result?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("saved {} (step {}, {:.1} s)", a.out.display(), tr.step_count(), secs);
+    eprintln!(
+        "saved {} (step {}, {:.1} s)",
+        a.out.display(),
+        tr.step_count(),
+        secs
+    );
     if let Some(h) = tr.held_out_loss()? {
         println!("held-out loss: {h:.4}");
     }
@@ -433,7 +475,10 @@ fn describe_model(m: &ModelConfig) -> String {
 }
 
 fn extension(p: &Path) -> String {
-    p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
+    p.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 fn run_sample(a: &SampleArgs) -> Result<()> {
@@ -453,14 +498,26 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     let meta = ck.meta;
     let image = meta.config.dataset.is_image();
     if image && ext == "csv" {
-        return Err(Error::config("CSV output is for 2D datasets; use .idx or .png for images"));
+        return Err(Error::config(
+            "CSV output is for 2D datasets; use .idx or .png for images",
+        ));
     }
     if !image && ext == "idx" {
-        return Err(Error::config("IDX output is for image datasets; use .csv or .png for 2D"));
+        return Err(Error::config(
+            "IDX output is for image datasets; use .csv or .png for 2D",
+        ));
     }
     let solver = solver_config(&a.solver, meta.config.solver)?;
     let started = Instant::now();
-    let s = sample(model.as_ref(), &meta.sample_shape, a.n, a.seed, &solver, false, &dev)?;
+    let s = sample(
+        model.as_ref(),
+        &meta.sample_shape,
+        a.n,
+        a.seed,
+        &solver,
+        false,
+        &dev,
+    )?;
     let secs = started.elapsed().as_secs_f64();
     let mut data = s.data;
     meta.to_data_space(&mut data);
@@ -473,7 +530,9 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
             }
             crate::fsutil::write_atomic(&a.out, text.as_bytes())?;
         }
-        ("png", false) => crate::plot::save_png(&crate::plot::scatter_png(&data, None, 600), &a.out)?,
+        ("png", false) => {
+            crate::plot::save_png(&crate::plot::scatter_png(&data, None, 600), &a.out)?
+        }
         ("png", true) => {
             let (rows, cols) = image_size(&meta.sample_shape);
             let columns = (a.n as f64).sqrt().ceil() as usize;
@@ -481,7 +540,10 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         }
         _ => {
             let (rows, cols) = image_size(&meta.sample_shape);
-            let bytes: Vec<u8> = data.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect();
+            let bytes: Vec<u8> = data
+                .iter()
+                .map(|v| v.round().clamp(0.0, 255.0) as u8)
+                .collect();
             crate::data::idx::write_idx(&a.out, &[a.n, rows, cols], &bytes)?;
         }
     }
@@ -514,7 +576,11 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
     let dim: usize = meta.sample_shape.iter().product();
     let reference = reference_points(meta, a.n, a.seed, 0, a.mnist_dir.as_deref())?;
     let reference2 = reference_points(meta, a.n, a.seed, 1, a.mnist_dir.as_deref())?;
-    let space = if image { "model space, pixels in [-1, 1]" } else { "data space" };
+    let space = if image {
+        "model space, pixels in [-1, 1]"
+    } else {
+        "data space"
+    };
     println!(
         "{} (step {}, {}), {} samples vs {} fresh held-out points, {space}",
         a.checkpoint.display(),
@@ -528,9 +594,17 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
         w2_exact(&reference, &reference2, dim)?,
         sliced_w2(&reference, &reference2, dim, 256, a.seed)?
     );
-    println!("{:<10} {:>6} {:>6} {:>10} {:>10} {:>8}", "solver", "steps", "NFE", "W2", "sliced-W2", "secs");
+    println!(
+        "{:<10} {:>6} {:>6} {:>10} {:>10} {:>8}",
+        "solver", "steps", "NFE", "W2", "sliced-W2", "secs"
+    );
     let mut configs: Vec<SolverConfig> = Vec::new();
-    for kind in [SolverKind::Euler, SolverKind::Midpoint, SolverKind::Heun, SolverKind::Rk4] {
+    for kind in [
+        SolverKind::Euler,
+        SolverKind::Midpoint,
+        SolverKind::Heun,
+        SolverKind::Rk4,
+    ] {
         for &s in &a.steps {
             configs.push(SolverConfig::fixed(kind, s));
         }
@@ -538,13 +612,25 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
     configs.push(SolverConfig::dopri5(1e-5, 1e-5));
     for solver in configs {
         let started = Instant::now();
-        let s = sample(loaded.model.as_ref(), &meta.sample_shape, a.n, a.seed, &solver, false, &dev)?;
+        let s = sample(
+            loaded.model.as_ref(),
+            &meta.sample_shape,
+            a.n,
+            a.seed,
+            &solver,
+            false,
+            &dev,
+        )?;
         let secs = started.elapsed().as_secs_f64();
         let mut x = s.data;
         if !image {
             meta.to_data_space(&mut x);
         }
-        let steps = if solver.kind == SolverKind::Dopri5 { "-".to_string() } else { solver.steps.to_string() };
+        let steps = if solver.kind == SolverKind::Dopri5 {
+            "-".to_string()
+        } else {
+            solver.steps.to_string()
+        };
         println!(
             "{:<10} {:>6} {:>6} {:>10.4} {:>10.4} {:>8.2}",
             solver.kind.name(),
@@ -573,24 +659,33 @@ fn rate(seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 fn run_bench(a: &BenchArgs) -> Result<()> {
     let dev = device(&a.device)?;
     let mut rows = Vec::new();
-    let mut big = TrainConfig::default();
-    big.model = ModelConfig::Mlp(crate::model::MlpConfig {
-        width: 512,
-        depth: 4,
+    let big = TrainConfig {
+        model: ModelConfig::Mlp(crate::model::MlpConfig {
+            width: 512,
+            depth: 4,
+            ..Default::default()
+        }),
+        batch_size: 4096,
+        held_out_every: 0,
         ..Default::default()
-    });
-    big.batch_size = 4096;
-    big.held_out_every = 0;
-    let mut small = TrainConfig::default();
-    small.held_out_every = 0;
-    for (name, cfg) in [("4x512 SiLU MLP, batch 4096", big), ("default moons (3x256 SiLU MLP, batch 512)", small)] {
+    };
+    let small = TrainConfig {
+        held_out_every: 0,
+        ..Default::default()
+    };
+    for (name, cfg) in [
+        ("4x512 SiLU MLP, batch 4096", big),
+        ("default moons (3x256 SiLU MLP, batch 512)", small),
+    ] {
         eprintln!("benchmarking {name} ...");
         let mut tr = Trainer::new(cfg.clone(), &dev)?;
         let steps = rate(a.seconds, || tr.step().map(|_| ()))?;
         let x0 = crate::rng::noise(4096, &[2], 0, 0, &dev)?;
         let solver = SolverConfig::fixed(SolverKind::Midpoint, 20);
         let model = tr.sampling_model();
-        let sampling = rate(a.seconds, || crate::sample::sample_from(model, &x0, &solver, false).map(|_| ()))?;
+        let sampling = rate(a.seconds, || {
+            crate::sample::sample_from(model, &x0, &solver, false).map(|_| ())
+        })?;
         rows.push(format!(
             "| {name} | {:.2} | {:.1} | {:.0} |",
             steps,
@@ -603,7 +698,9 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         "flowlab {} on {} (CANDLE_NUM_THREADS={threads}, {} logical CPUs)\n\n| workload | train steps/s | ms/step | samples/s (midpoint, 20 steps, batch 4096) |\n|---|---|---|---|\n",
         env!("CARGO_PKG_VERSION"),
         a.device,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     for r in rows {
         table.push_str(&r);

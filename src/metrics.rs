@@ -14,7 +14,7 @@ use crate::rng::{Stream, gaussian, stream_rng};
 use crate::{Error, Result};
 
 fn check(a: &[f32], b: &[f32], dim: usize) -> Result<usize> {
-    if dim == 0 || a.len() % dim != 0 || b.len() != a.len() || a.is_empty() {
+    if dim == 0 || !a.len().is_multiple_of(dim) || b.len() != a.len() || a.is_empty() {
         return Err(Error::config(format!(
             "metrics need two non-empty point sets of equal size and dimension {dim}, got {} and {} values",
             a.len(),
@@ -22,7 +22,9 @@ fn check(a: &[f32], b: &[f32], dim: usize) -> Result<usize> {
         )));
     }
     if a.iter().chain(b).any(|v| !v.is_finite()) {
-        return Err(Error::config("metrics: the point sets contain NaN or infinite values"));
+        return Err(Error::config(
+            "metrics: the point sets contain NaN or infinite values",
+        ));
     }
     Ok(a.len() / dim)
 }
@@ -73,7 +75,12 @@ pub fn sliced_w2(a: &[f32], b: &[f32], dim: usize, projections: usize, seed: u64
             p
         };
         let (pa, pb) = (project(a), project(b));
-        total += pa.iter().zip(&pb).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / n as f64;
+        total += pa
+            .iter()
+            .zip(&pb)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            / n as f64;
     }
     Ok((total / projections as f64).sqrt())
 }

@@ -54,9 +54,14 @@ pub fn scatter_png(points: &[f32], reference: Option<&[f32]>, size: u32) -> RgbI
 
 /// Tiles `n` greyscale images of `rows x cols` pixels (values 0-255, flattened
 /// `(n, rows, cols)`) into a grid of `columns` images with a 2-pixel gap.
-pub fn image_grid(pixels: &[f32], rows: usize, cols: usize, columns: usize) -> ImageBuffer<Luma<u8>, Vec<u8>> {
+pub fn image_grid(
+    pixels: &[f32],
+    rows: usize,
+    cols: usize,
+    columns: usize,
+) -> ImageBuffer<Luma<u8>, Vec<u8>> {
     let per = rows * cols;
-    let n = if per == 0 { 0 } else { pixels.len() / per };
+    let n = pixels.len().checked_div(per).unwrap_or(0);
     let columns = columns.clamp(1, n.max(1));
     let grid_rows = n.div_ceil(columns);
     let gap = 2;

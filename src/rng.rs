@@ -47,7 +47,13 @@ pub fn gaussian(n: usize, rng: &mut StdRng) -> Vec<f32> {
 
 /// Standard normal noise of shape `(n, sample_shape...)` from draw `index` of the
 /// [`Stream::Noise`] stream of `seed`: the same seed always gives the same noise.
-pub fn noise(n: usize, sample_shape: &[usize], seed: u64, index: u64, device: &Device) -> Result<Tensor> {
+pub fn noise(
+    n: usize,
+    sample_shape: &[usize],
+    seed: u64,
+    index: u64,
+    device: &Device,
+) -> Result<Tensor> {
     let mut shape = vec![n];
     shape.extend_from_slice(sample_shape);
     let count: usize = shape.iter().product();

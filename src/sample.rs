@@ -3,10 +3,10 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::Result;
 use crate::model::VelocityField;
 use crate::rng::noise;
 use crate::solver::{Integration, SolverConfig, integrate};
-use crate::Result;
 
 /// Largest batch pushed through the model at once.
 pub const MAX_CHUNK: usize = 4096;
@@ -42,7 +42,12 @@ pub fn sample(
 }
 
 /// Integrates given source points `x0`: `(n, ...)` from t = 0 to t = 1, in chunks of [`MAX_CHUNK`].
-pub fn sample_from(model: &dyn VelocityField, x0: &Tensor, solver: &SolverConfig, keep_intermediates: bool) -> Result<Samples> {
+pub fn sample_from(
+    model: &dyn VelocityField,
+    x0: &Tensor,
+    solver: &SolverConfig,
+    keep_intermediates: bool,
+) -> Result<Samples> {
     let n = x0.dim(0)?;
     let sample_shape = x0.dims().get(1..).unwrap_or_default().to_vec();
     let mut how = Integration::forward();

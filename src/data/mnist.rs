@@ -44,7 +44,12 @@ impl ImageSet {
     }
 
     /// Builds a set from an images IDX array `(n, rows, cols)` and a labels IDX array `(n,)`.
-    pub fn from_idx(images: IdxU8, labels: IdxU8, images_name: &Path, labels_name: &Path) -> Result<Self> {
+    pub fn from_idx(
+        images: IdxU8,
+        labels: IdxU8,
+        images_name: &Path,
+        labels_name: &Path,
+    ) -> Result<Self> {
         let [n, rows, cols] = images.dims[..] else {
             return Err(Error::data(
                 images_name,
@@ -55,7 +60,10 @@ impl ImageSet {
             ));
         };
         if n == 0 || rows == 0 || cols == 0 {
-            return Err(Error::data(images_name, format!("empty image set {:?}", images.dims)));
+            return Err(Error::data(
+                images_name,
+                format!("empty image set {:?}", images.dims),
+            ));
         }
         let [nl] = labels.dims[..] else {
             return Err(Error::data(

@@ -74,7 +74,9 @@ impl DatasetKind {
                 toy.validate()?;
                 Ok(Box::new(ToyDataset::new(*toy)))
             }
-            DatasetKind::Mnist { dir } => Ok(Box::new(ImageDataset::new(Mnist::load(dir.as_deref())?))),
+            DatasetKind::Mnist { dir } => {
+                Ok(Box::new(ImageDataset::new(Mnist::load(dir.as_deref())?)))
+            }
         }
     }
 }

@@ -112,7 +112,7 @@ impl Toy2d {
     /// Checks the parameters are finite and in range.
     pub fn validate(&self) -> crate::Result<()> {
         if let Some(n) = self.noise()
-            && !(n.is_finite() && n >= 0.0 && n <= 10.0)
+            && !(n.is_finite() && (0.0..=10.0).contains(&n))
         {
             return Err(crate::Error::config(format!(
                 "{}: noise must be in [0, 10], got {n}",

@@ -83,7 +83,10 @@ impl AffinePath {
         Self::check(x_t, t)?;
         let o = self.outs(t);
         let a: Vec<f64> = o.iter().map(|o| o.d_sigma / o.sigma).collect();
-        let b: Vec<f64> = o.iter().map(|o| o.d_alpha - o.alpha * o.d_sigma / o.sigma).collect();
+        let b: Vec<f64> = o
+            .iter()
+            .map(|o| o.d_alpha - o.alpha * o.d_sigma / o.sigma)
+            .collect();
         Self::lin(x_t, &a, x_1, &b)
     }
 
@@ -92,7 +95,10 @@ impl AffinePath {
         Self::check(x_t, t)?;
         let o = self.outs(t);
         let a: Vec<f64> = o.iter().map(|o| o.d_alpha / o.alpha).collect();
-        let b: Vec<f64> = o.iter().map(|o| o.d_sigma - o.sigma * o.d_alpha / o.alpha).collect();
+        let b: Vec<f64> = o
+            .iter()
+            .map(|o| o.d_sigma - o.sigma * o.d_alpha / o.alpha)
+            .collect();
         Self::lin(x_t, &a, eps, &b)
     }
 
@@ -100,7 +106,10 @@ impl AffinePath {
     pub fn velocity_to_target(&self, v: &Tensor, x_t: &Tensor, t: &[f64]) -> Result<Tensor> {
         Self::check(x_t, t)?;
         let o = self.outs(t);
-        let den: Vec<f64> = o.iter().map(|o| o.sigma * o.d_alpha - o.alpha * o.d_sigma).collect();
+        let den: Vec<f64> = o
+            .iter()
+            .map(|o| o.sigma * o.d_alpha - o.alpha * o.d_sigma)
+            .collect();
         let a: Vec<f64> = o.iter().zip(&den).map(|(o, d)| o.sigma / d).collect();
         let b: Vec<f64> = o.iter().zip(&den).map(|(o, d)| -o.d_sigma / d).collect();
         Self::lin(v, &a, x_t, &b)
@@ -110,7 +119,10 @@ impl AffinePath {
     pub fn velocity_to_epsilon(&self, v: &Tensor, x_t: &Tensor, t: &[f64]) -> Result<Tensor> {
         Self::check(x_t, t)?;
         let o = self.outs(t);
-        let den: Vec<f64> = o.iter().map(|o| o.alpha * o.d_sigma - o.sigma * o.d_alpha).collect();
+        let den: Vec<f64> = o
+            .iter()
+            .map(|o| o.alpha * o.d_sigma - o.sigma * o.d_alpha)
+            .collect();
         let a: Vec<f64> = o.iter().zip(&den).map(|(o, d)| o.alpha / d).collect();
         let b: Vec<f64> = o.iter().zip(&den).map(|(o, d)| -o.d_alpha / d).collect();
         Self::lin(v, &a, x_t, &b)

@@ -21,8 +21,10 @@ pub struct SchedulerOutput {
 /// The scheduler of an affine path, chosen by name in configs and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
+#[derive(Default)]
 pub enum Scheduler {
     /// Conditional optimal transport: alpha = t, sigma = 1 − t (straight lines).
+    #[default]
     CondOt,
     /// alpha = t^n, sigma = 1 − t^n.
     Polynomial {
@@ -42,12 +44,6 @@ pub enum Scheduler {
     LinearVp,
     /// Cosine: alpha = sin(πt/2), sigma = cos(πt/2).
     Cosine,
-}
-
-impl Default for Scheduler {
-    fn default() -> Self {
-        Scheduler::CondOt
-    }
 }
 
 impl Scheduler {
@@ -85,11 +81,14 @@ impl Scheduler {
     /// Checks the parameters are in range.
     pub fn validate(&self) -> crate::Result<()> {
         match *self {
-            Scheduler::Polynomial { n } if !(n.is_finite() && n > 0.0) => Err(crate::Error::config(
-                format!("polynomial scheduler: n must be > 0, got {n}"),
-            )),
+            Scheduler::Polynomial { n } if !(n.is_finite() && n > 0.0) => Err(
+                crate::Error::config(format!("polynomial scheduler: n must be > 0, got {n}")),
+            ),
             Scheduler::Vp { beta_min, beta_max }
-                if !(beta_min.is_finite() && beta_max.is_finite() && 0.0 <= beta_min && beta_min <= beta_max) =>
+                if !(beta_min.is_finite()
+                    && beta_max.is_finite()
+                    && 0.0 <= beta_min
+                    && beta_min <= beta_max) =>
             {
                 Err(crate::Error::config(format!(
                     "vp scheduler: need 0 <= beta_min <= beta_max, got {beta_min}, {beta_max}"

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 /// Distribution of training times.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
+#[derive(Default)]
 pub enum TimeSampling {
     /// t ~ U[0, 1).
+    #[default]
     Uniform,
     /// t = sigmoid(mean + std · z), z ~ N(0, 1): more weight on mid-path times
     /// (Esser et al. 2024).
@@ -21,15 +23,12 @@ pub enum TimeSampling {
     },
 }
 
-impl Default for TimeSampling {
-    fn default() -> Self {
-        TimeSampling::Uniform
-    }
-}
-
 impl TimeSampling {
     /// Logit-normal with mean 0 and standard deviation 1.
-    pub const LOGIT_NORMAL: TimeSampling = TimeSampling::LogitNormal { mean: 0.0, std: 1.0 };
+    pub const LOGIT_NORMAL: TimeSampling = TimeSampling::LogitNormal {
+        mean: 0.0,
+        std: 1.0,
+    };
 
     /// The command-line name (`uniform`, `logit-normal`).
     pub fn name(&self) -> &'static str {

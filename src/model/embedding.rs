@@ -49,7 +49,11 @@ impl TimeEmbedding {
             let top = cfg.max_frequency.max(1.0).ln();
             let w: Vec<f32> = (0..k)
                 .map(|i| {
-                    let frac = if k == 1 { 0.0 } else { i as f64 / (k - 1) as f64 };
+                    let frac = if k == 1 {
+                        0.0
+                    } else {
+                        i as f64 / (k - 1) as f64
+                    };
                     (frac * top).exp() as f32
                 })
                 .collect();

@@ -4,7 +4,9 @@ use candle_core::{DType, Tensor};
 use candle_nn::{Linear, Module as _, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{Activation, FlowModel, ModelConfig, TimeEmbedding, TimeEmbeddingConfig, VelocityField};
+use super::{
+    Activation, FlowModel, ModelConfig, TimeEmbedding, TimeEmbeddingConfig, VelocityField,
+};
 use crate::{Error, Result};
 
 /// Hyperparameters of the MLP.
@@ -35,10 +37,16 @@ impl MlpConfig {
     /// Checks the hyperparameters are in range.
     pub fn validate(&self) -> Result<()> {
         if !(1..=16_384).contains(&self.width) {
-            return Err(Error::config(format!("MLP width must be 1..=16384, got {}", self.width)));
+            return Err(Error::config(format!(
+                "MLP width must be 1..=16384, got {}",
+                self.width
+            )));
         }
         if !(1..=64).contains(&self.depth) {
-            return Err(Error::config(format!("MLP depth must be 1..=64, got {}", self.depth)));
+            return Err(Error::config(format!(
+                "MLP depth must be 1..=64, got {}",
+                self.depth
+            )));
         }
         if self.time_embedding.frequencies > 1024 {
             return Err(Error::config("time embedding: at most 1024 frequencies"));
@@ -61,7 +69,9 @@ impl Mlp {
         cfg.validate()?;
         let dim: usize = sample_shape.iter().product();
         if dim == 0 {
-            return Err(Error::config(format!("empty sample shape {sample_shape:?}")));
+            return Err(Error::config(format!(
+                "empty sample shape {sample_shape:?}"
+            )));
         }
         let embed = TimeEmbedding::new(cfg.time_embedding, vb.device())?;
         let mut layers = Vec::with_capacity(cfg.depth + 1);
@@ -72,11 +82,7 @@ impl Mlp {
             fan_in = cfg.width;
         }
         layers.push(candle_nn::linear(fan_in, dim, vb.pp(cfg.depth))?);
-        Ok(Mlp {
-            cfg,
-            embed,
-            layers,
-        })
+        Ok(Mlp { cfg, embed, layers })
     }
 
     /// The hyperparameters.

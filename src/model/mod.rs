@@ -118,7 +118,7 @@ impl ModelConfig {
     /// [`crate::train::init_params`] for seeded initial values.
     pub fn build(&self, sample_shape: &[usize], vb: VarBuilder) -> Result<Box<dyn FlowModel>> {
         match self {
-            ModelConfig::Mlp(c) => Ok(Box::new(Mlp::new(c.clone(), sample_shape, vb)?)),
+            ModelConfig::Mlp(c) => Ok(Box::new(Mlp::new(*c, sample_shape, vb)?)),
         }
     }
 

@@ -11,7 +11,12 @@ const C: [f64; 6] = [1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0];
 const A2: [f64; 1] = [1.0 / 5.0];
 const A3: [f64; 2] = [3.0 / 40.0, 9.0 / 40.0];
 const A4: [f64; 3] = [44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0];
-const A5: [f64; 4] = [19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0];
+const A5: [f64; 4] = [
+    19372.0 / 6561.0,
+    -25360.0 / 2187.0,
+    64448.0 / 6561.0,
+    -212.0 / 729.0,
+];
 const A6: [f64; 5] = [
     9017.0 / 3168.0,
     -355.0 / 33.0,
@@ -94,7 +99,11 @@ pub(super) fn integrate(
     // Initial step size (Hairer's heuristic).
     let d0 = rms_scaled(&x, &x, &x, rtol, atol)?;
     let d1 = rms_scaled(&k1, &x, &x, rtol, atol)?;
-    let h0 = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
+    let h0 = if d0 < 1e-5 || d1 < 1e-5 {
+        1e-6
+    } else {
+        0.01 * d0 / d1
+    };
     let h0 = h0.min(span.abs());
     let x1 = axpy(&x, dir * h0, &k1)?;
     let f1 = f.eval(&x1, t + dir * h0)?;

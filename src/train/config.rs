@@ -163,23 +163,29 @@ impl TrainConfig {
         if let Some(d) = self.ema_decay
             && !(0.0..1.0).contains(&d)
         {
-            return Err(Error::config(format!("EMA decay must be in [0, 1), got {d}")));
+            return Err(Error::config(format!(
+                "EMA decay must be in [0, 1), got {d}"
+            )));
         }
         if let crate::flow::TimeSampling::LogitNormal { mean, std } = self.time_sampling
             && !(mean.is_finite() && std.is_finite() && std > 0.0)
         {
-            return Err(Error::config("logit-normal time sampling needs a finite mean and std > 0"));
+            return Err(Error::config(
+                "logit-normal time sampling needs a finite mean and std > 0",
+            ));
         }
         if self.held_out_size == 0 && self.held_out_every > 0 {
-            return Err(Error::config("held-out size must be at least 1 when held-out loss is on"));
+            return Err(Error::config(
+                "held-out size must be at least 1 when held-out loss is on",
+            ));
         }
         Ok(())
     }
 
     /// Parses a JSON config (missing fields take their defaults) and validates it.
     pub fn from_json(text: &str) -> Result<TrainConfig> {
-        let cfg: TrainConfig =
-            serde_json::from_str(text).map_err(|e| Error::config(format!("bad JSON config: {e}")))?;
+        let cfg: TrainConfig = serde_json::from_str(text)
+            .map_err(|e| Error::config(format!("bad JSON config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }

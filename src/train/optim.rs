@@ -1,8 +1,8 @@
 //! AdamW on candle tensors, with its state exposed so it can be checkpointed
 //! (candle-nn's AdamW keeps its moments private).
 
-use candle_core::{Tensor, Var};
 use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
 
 use super::config::OptimizerConfig;
 use crate::{Error, Result};
@@ -30,9 +30,18 @@ pub struct UpdateInfo {
 impl AdamW {
     /// A fresh optimiser for `params` (moments zero).
     pub fn new(params: Vec<Var>, cfg: OptimizerConfig) -> Result<Self> {
-        let m = params.iter().map(|p| p.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let m = params
+            .iter()
+            .map(|p| p.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let v = m.clone();
-        Ok(AdamW { cfg, params, m, v, t: 0 })
+        Ok(AdamW {
+            cfg,
+            params,
+            m,
+            v,
+            t: 0,
+        })
     }
 
     /// Number of updates applied.
@@ -48,7 +57,9 @@ impl AdamW {
     /// Restores moments and update count (from a checkpoint). Shapes must match.
     pub fn restore(&mut self, m: Vec<Tensor>, v: Vec<Tensor>, t: u64) -> Result<()> {
         if m.len() != self.params.len() || v.len() != self.params.len() {
-            return Err(Error::config("optimizer state does not match the parameters"));
+            return Err(Error::config(
+                "optimizer state does not match the parameters",
+            ));
         }
         for ((p, a), b) in self.params.iter().zip(&m).zip(&v) {
             if p.dims() != a.dims() || p.dims() != b.dims() {
@@ -100,16 +111,32 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(self.t as i32);
         let bc2 = 1.0 - b2.powi(self.t as i32);
         let decay = 1.0 - lr * self.cfg.weight_decay;
-        for ((p, m), v) in self.params.iter().zip(self.m.iter_mut()).zip(self.v.iter_mut()) {
+        for ((p, m), v) in self
+            .params
+            .iter()
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut())
+        {
             let Some(g) = grads.get(p.as_tensor()) else {
                 continue;
             };
-            let g = if clip_scale < 1.0 { g.affine(clip_scale, 0.0)? } else { g.clone() };
+            let g = if clip_scale < 1.0 {
+                g.affine(clip_scale, 0.0)?
+            } else {
+                g.clone()
+            };
             *m = (m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
             *v = (v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
-            let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, self.cfg.eps)?;
+            let denom = v
+                .affine(1.0 / bc2, 0.0)?
+                .sqrt()?
+                .affine(1.0, self.cfg.eps)?;
             let upd = (m.affine(lr / bc1, 0.0)? / denom)?;
-            let base = if decay != 1.0 { p.affine(decay, 0.0)? } else { p.as_tensor().clone() };
+            let base = if decay != 1.0 {
+                p.affine(decay, 0.0)?
+            } else {
+                p.as_tensor().clone()
+            };
             p.set(&(base - upd)?)?;
         }
         Ok(UpdateInfo { grad_norm })

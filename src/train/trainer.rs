@@ -66,14 +66,19 @@ impl Params {
             .data()
             .lock()
             .map_err(|_| Error::config("parameter map lock poisoned"))?;
-        let mut pairs: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut pairs: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         let (names, vars) = pairs.into_iter().unzip();
         Ok(Params { names, vars })
     }
 
     /// Builds a model from `cfg` with fresh variables on `device`.
-    pub fn build(cfg: &ModelConfig, sample_shape: &[usize], device: &Device) -> Result<(Box<dyn FlowModel>, Params)> {
+    pub fn build(
+        cfg: &ModelConfig,
+        sample_shape: &[usize],
+        device: &Device,
+    ) -> Result<(Box<dyn FlowModel>, Params)> {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, device);
         let model = cfg.build(sample_shape, vb)?;
@@ -127,7 +132,9 @@ pub fn init_params(params: &Params, seed: u64) -> Result<()> {
             None
         };
         if let Some(b) = bound {
-            let vals: Vec<f32> = (0..var.elem_count()).map(|_| rng.random_range(-b..=b)).collect();
+            let vals: Vec<f32> = (0..var.elem_count())
+                .map(|_| rng.random_range(-b..=b))
+                .collect();
             var.set(&Tensor::from_vec(vals, var.shape(), var.device())?)?;
         }
     }
@@ -175,7 +182,11 @@ impl Trainer {
     }
 
     /// Like [`Trainer::new`] with an already loaded dataset (must match `cfg.dataset`).
-    pub fn with_dataset(cfg: TrainConfig, dataset: Arc<dyn Dataset>, device: &Device) -> Result<Trainer> {
+    pub fn with_dataset(
+        cfg: TrainConfig,
+        dataset: Arc<dyn Dataset>,
+        device: &Device,
+    ) -> Result<Trainer> {
         cfg.validate()?;
         let sample_shape = dataset.sample_shape();
         let (model, params) = Params::build(&cfg.model, &sample_shape, device)?;
@@ -195,7 +206,10 @@ impl Trainer {
             let x_1 = dataset.sample_held_out(n, &mut rng);
             let x_0 = gaussian(x_1.len(), &mut rng);
             let t = (0..n)
-                .map(|_| cfg.time_sampling.draw(cfg.scheduler.t_max_train(), &mut rng))
+                .map(|_| {
+                    cfg.time_sampling
+                        .draw(cfg.scheduler.t_max_train(), &mut rng)
+                })
                 .collect();
             let shape = batch_shape(n, &sample_shape);
             Some(HeldOut {
@@ -309,7 +323,9 @@ impl Trainer {
         let x_1 = self.dataset.sample_train(b, &mut rng);
         let x_0 = gaussian(x_1.len(), &mut rng);
         let t_max = self.cfg.scheduler.t_max_train();
-        let t = (0..b).map(|_| self.cfg.time_sampling.draw(t_max, &mut rng)).collect();
+        let t = (0..b)
+            .map(|_| self.cfg.time_sampling.draw(t_max, &mut rng))
+            .collect();
         let shape = batch_shape(b, &self.sample_shape);
         Ok((
             Tensor::from_vec(x_0, shape.clone(), &self.device)?,
@@ -320,7 +336,11 @@ impl Trainer {
 
     fn loss(&self, model: &dyn FlowModel, x_0: &Tensor, x_1: &Tensor, t: &[f64]) -> Result<Tensor> {
         let ps = self.path.sample(x_0, x_1, t)?;
-        let tt = Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), t.len(), &self.device)?;
+        let tt = Tensor::from_vec(
+            t.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            t.len(),
+            &self.device,
+        )?;
         let v = model.velocity(&ps.x_t, &tt)?;
         Ok((v - ps.dx_t)?.sqr()?.mean_all()?)
     }
@@ -369,7 +389,7 @@ impl Trainer {
         }
         self.step = s + 1;
         let held_out_loss = if self.cfg.held_out_every > 0
-            && (self.step % self.cfg.held_out_every == 0 || self.step == self.cfg.steps)
+            && (self.step.is_multiple_of(self.cfg.held_out_every) || self.step == self.cfg.steps)
         {
             self.held_out_loss()?
         } else {
@@ -383,7 +403,11 @@ impl Trainer {
         let steps_per_sec = match self.recent.front() {
             Some(first) if self.recent.len() > 1 => {
                 let dt = now.duration_since(*first).as_secs_f64();
-                if dt > 0.0 { (self.recent.len() - 1) as f64 / dt } else { 0.0 }
+                if dt > 0.0 {
+                    (self.recent.len() - 1) as f64 / dt
+                } else {
+                    0.0
+                }
             }
             _ => 0.0,
         };
@@ -400,7 +424,10 @@ impl Trainer {
 
     /// Trains until the configured number of steps, calling `on_step` after every
     /// step; returning `ControlFlow::Break` from it stops between two steps.
-    pub fn run(&mut self, mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>) -> Result<RunEnd> {
+    pub fn run(
+        &mut self,
+        mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
+    ) -> Result<RunEnd> {
         while self.step < self.cfg.steps {
             let report = self.step()?;
             if on_step(&report).is_break() {

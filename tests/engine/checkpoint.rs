@@ -21,7 +21,10 @@ fn saved(name: &str) -> (std::path::PathBuf, Trainer) {
     let dir = temp_dir(name);
     let path = dir.join("ck.safetensors");
     let tr = trained(5);
-    Checkpoint::from_trainer(&tr).expect("capture").save(&path).expect("save");
+    Checkpoint::from_trainer(&tr)
+        .expect("capture")
+        .save(&path)
+        .expect("save");
     (path, tr)
 }
 
@@ -44,7 +47,13 @@ fn save_load_round_trips_bit_exactly() {
     for (a, b) in tr.params().tensors().iter().zip(back.params().tensors()) {
         assert_eq!(max_diff(a, &b), 0.0);
     }
-    for (a, b) in tr.ema_params().expect("ema").tensors().iter().zip(back.ema_params().expect("ema").tensors()) {
+    for (a, b) in tr
+        .ema_params()
+        .expect("ema")
+        .tensors()
+        .iter()
+        .zip(back.ema_params().expect("ema").tensors())
+    {
         assert_eq!(max_diff(a, &b), 0.0);
     }
     let (m1, v1) = tr.optimizer().moments();
@@ -64,18 +73,32 @@ fn save_load_round_trips_bit_exactly() {
 #[test]
 fn resume_continues_the_same_loss_curve() {
     let mut unbroken = trained(0);
-    let full: Vec<f32> = (0..20).map(|_| unbroken.step().expect("step").loss).collect();
+    let full: Vec<f32> = (0..20)
+        .map(|_| unbroken.step().expect("step").loss)
+        .collect();
     let mut first = trained(0);
     for _ in 0..10 {
         first.step().expect("step");
     }
     let dir = temp_dir("resume");
     let path = dir.join("half.safetensors");
-    Checkpoint::from_trainer(&first).expect("capture").save(&path).expect("save");
+    Checkpoint::from_trainer(&first)
+        .expect("capture")
+        .save(&path)
+        .expect("save");
     drop(first);
-    let mut resumed = Checkpoint::load(&path, &Device::Cpu).expect("load").into_trainer(&Device::Cpu, &path).expect("resume");
-    let rest: Vec<f32> = (0..10).map(|_| resumed.step().expect("step").loss).collect();
-    assert_eq!(&full[10..], rest.as_slice(), "resumed losses equal the unbroken run's");
+    let mut resumed = Checkpoint::load(&path, &Device::Cpu)
+        .expect("load")
+        .into_trainer(&Device::Cpu, &path)
+        .expect("resume");
+    let rest: Vec<f32> = (0..10)
+        .map(|_| resumed.step().expect("step").loss)
+        .collect();
+    assert_eq!(
+        &full[10..],
+        rest.as_slice(),
+        "resumed losses equal the unbroken run's"
+    );
 }
 
 #[test]
@@ -85,8 +108,14 @@ fn truncated_files_are_rejected() {
     for cut in [bytes.len() - 7, bytes.len() / 2, 100, 5, 0] {
         std::fs::write(&path, &bytes[..cut]).expect("write");
         let err = load_err(&path);
-        assert!(err.contains(&path.display().to_string()), "names the file: {err}");
-        assert!(err.contains("truncated") || err.contains("corrupt"), "cut {cut}: {err}");
+        assert!(
+            err.contains(&path.display().to_string()),
+            "names the file: {err}"
+        );
+        assert!(
+            err.contains("truncated") || err.contains("corrupt"),
+            "cut {cut}: {err}"
+        );
     }
 }
 
@@ -107,12 +136,24 @@ fn foreign_and_non_safetensors_files_are_rejected() {
     let foreign = dir.join("other.safetensors");
     let t = Tensor::zeros((3, 3), candle_core::DType::F32, &Device::Cpu).expect("t");
     candle_core::safetensors::save(&HashMap::from([("w", t)]), &foreign).expect("save");
-    assert!(load_err(&foreign).contains("not written by FlowLab"), "{}", load_err(&foreign));
+    assert!(
+        load_err(&foreign).contains("not written by FlowLab"),
+        "{}",
+        load_err(&foreign)
+    );
     let text = dir.join("notes.safetensors");
     std::fs::write(&text, "just some text, not a model").expect("write");
-    assert!(load_err(&text).contains("not a readable safetensors file"), "{}", load_err(&text));
+    assert!(
+        load_err(&text).contains("not a readable safetensors file"),
+        "{}",
+        load_err(&text)
+    );
     let missing = dir.join("missing.safetensors");
-    assert!(load_err(&missing).contains("cannot read"), "{}", load_err(&missing));
+    assert!(
+        load_err(&missing).contains("cannot read"),
+        "{}",
+        load_err(&missing)
+    );
 }
 
 /// Rewrites the checkpoint's JSON metadata with `edit`, keeping the tensors.
@@ -132,11 +173,16 @@ fn rewrite_meta(path: &Path, edit: impl Fn(&mut serde_json::Value)) {
 #[test]
 fn a_file_whose_weights_do_not_match_its_model_is_rejected() {
     let (path, _) = saved("mismatch");
-    rewrite_meta(&path, |m| m["config"]["model"]["width"] = serde_json::json!(48));
+    rewrite_meta(&path, |m| {
+        m["config"]["model"]["width"] = serde_json::json!(48)
+    });
     let err = load_err(&path);
     assert!(err.contains("do not match the model"), "{err}");
     assert!(err.contains("the model needs"), "{err}");
-    let err = LoadedModel::load(&path, &Device::Cpu).err().expect("sampling load fails too").to_string();
+    let err = LoadedModel::load(&path, &Device::Cpu)
+        .err()
+        .expect("sampling load fails too")
+        .to_string();
     assert!(err.contains("do not match"), "{err}");
 }
 
@@ -144,20 +190,36 @@ fn a_file_whose_weights_do_not_match_its_model_is_rejected() {
 fn unsupported_versions_and_invalid_configs_are_rejected() {
     let (path, _) = saved("version");
     rewrite_meta(&path, |m| m["format_version"] = serde_json::json!(99));
-    assert!(load_err(&path).contains("format version 99 is not supported"), "{}", load_err(&path));
+    assert!(
+        load_err(&path).contains("format version 99 is not supported"),
+        "{}",
+        load_err(&path)
+    );
     let (path, _) = saved("badcfg");
     rewrite_meta(&path, |m| m["config"]["batch_size"] = serde_json::json!(0));
-    assert!(load_err(&path).contains("stored configuration is invalid"), "{}", load_err(&path));
+    assert!(
+        load_err(&path).contains("stored configuration is invalid"),
+        "{}",
+        load_err(&path)
+    );
 }
 
 #[test]
 fn nan_weights_are_rejected() {
     let (path, tr) = saved("nan");
     let mut ck = Checkpoint::from_trainer(&tr).expect("capture");
-    let key = ck.tensors.keys().find(|k| k.starts_with("model.")).cloned().expect("a weight");
+    let key = ck
+        .tensors
+        .keys()
+        .find(|k| k.starts_with("model."))
+        .cloned()
+        .expect("a weight");
     let shape = ck.tensors[&key].dims().to_vec();
     let n: usize = shape.iter().product();
-    ck.tensors.insert(key.clone(), Tensor::from_vec(vec![f32::NAN; n], shape, &Device::Cpu).expect("nan"));
+    ck.tensors.insert(
+        key.clone(),
+        Tensor::from_vec(vec![f32::NAN; n], shape, &Device::Cpu).expect("nan"),
+    );
     ck.save(&path).expect("save");
     let err = load_err(&path);
     assert!(err.contains("NaN"), "{err}");
@@ -169,12 +231,25 @@ fn saving_to_an_unwritable_path_fails_cleanly_and_keeps_the_old_file() {
     let before = std::fs::read(&path).expect("read");
     // A directory cannot be replaced by a file.
     let dir_target = path.parent().expect("dir").to_path_buf();
-    let err = Checkpoint::from_trainer(&tr).expect("capture").save(&dir_target).expect_err("must fail").to_string();
+    let err = Checkpoint::from_trainer(&tr)
+        .expect("capture")
+        .save(&dir_target)
+        .expect_err("must fail")
+        .to_string();
     assert!(err.contains("cannot write"), "{err}");
     // A folder that cannot be created.
     let bad = Path::new("/proc/flowlab-no/x.safetensors");
-    assert!(Checkpoint::from_trainer(&tr).expect("capture").save(bad).is_err());
-    assert_eq!(std::fs::read(&path).expect("read"), before, "the old checkpoint is intact");
+    assert!(
+        Checkpoint::from_trainer(&tr)
+            .expect("capture")
+            .save(bad)
+            .is_err()
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "the old checkpoint is intact"
+    );
     // No temporary files are left behind.
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
         .expect("ls")

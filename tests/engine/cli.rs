@@ -10,7 +10,10 @@ use flowlab::rng::{Stream, stream_rng};
 use crate::common::temp_dir;
 
 fn flowlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowlab")).args(args).output().expect("run flowlab")
+    Command::new(env!("CARGO_BIN_EXE_flowlab"))
+        .args(args)
+        .output()
+        .expect("run flowlab")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -30,7 +33,13 @@ fn read_csv(path: &Path) -> Vec<f32> {
     let text = std::fs::read_to_string(path).expect("csv");
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("x,y"));
-    lines.flat_map(|l| l.split(',').map(|v| v.parse::<f32>().expect("number")).collect::<Vec<_>>()).collect()
+    lines
+        .flat_map(|l| {
+            l.split(',')
+                .map(|v| v.parse::<f32>().expect("number"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// The bar of the engine issue: the default moons model, trained for 4000 steps,
@@ -42,9 +51,33 @@ fn default_moons_training_reaches_the_noise_floor() {
     let csv = dir.join("s.csv");
     let ck_s = ck.to_str().expect("utf8");
     let csv_s = csv.to_str().expect("utf8");
-    let out = ok(&["train", "--dataset", "moons", "--steps", "4000", "--seed", "1", "--out", ck_s]);
+    let out = ok(&[
+        "train",
+        "--dataset",
+        "moons",
+        "--steps",
+        "4000",
+        "--seed",
+        "1",
+        "--out",
+        ck_s,
+    ]);
     assert!(out.contains("held-out W2"), "{out}");
-    let out = ok(&["sample", "--checkpoint", ck_s, "--solver", "midpoint", "--steps", "20", "-n", "2000", "--seed", "2", "--out", csv_s]);
+    let out = ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--solver",
+        "midpoint",
+        "--steps",
+        "20",
+        "-n",
+        "2000",
+        "--seed",
+        "2",
+        "--out",
+        csv_s,
+    ]);
     assert!(out.contains("NFE 40"), "{out}");
     let samples = read_csv(&csv);
     assert_eq!(samples.len(), 4000);
@@ -60,14 +93,42 @@ fn default_moons_training_reaches_the_noise_floor() {
 
     // PNG output, and other solvers report their NFE.
     let png = dir.join("s.png");
-    let out = ok(&["sample", "--checkpoint", ck_s, "--solver", "rk4", "--steps", "5", "-n", "300", "--out", png.to_str().expect("utf8")]);
+    let out = ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--solver",
+        "rk4",
+        "--steps",
+        "5",
+        "-n",
+        "300",
+        "--out",
+        png.to_str().expect("utf8"),
+    ]);
     assert!(out.contains("NFE 20"), "{out}");
     let img = image::open(&png).expect("png");
     assert_eq!((img.width(), img.height()), (600, 600));
-    let out = ok(&["sample", "--checkpoint", ck_s, "--solver", "dopri5", "-n", "100", "--out", csv_s]);
+    let out = ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--solver",
+        "dopri5",
+        "-n",
+        "100",
+        "--out",
+        csv_s,
+    ]);
     assert!(out.contains("dopri5"), "{out}");
     // The image-only format is refused for 2D.
-    let err = fails(&["sample", "--checkpoint", ck_s, "--out", dir.join("x.idx").to_str().expect("utf8")]);
+    let err = fails(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--out",
+        dir.join("x.idx").to_str().expect("utf8"),
+    ]);
     assert!(err.contains("IDX output is for image datasets"), "{err}");
 }
 
@@ -76,9 +137,30 @@ fn eval_prints_a_table_for_every_solver() {
     let dir = temp_dir("cli-eval");
     let ck = dir.join("e.safetensors");
     let ck_s = ck.to_str().expect("utf8");
-    ok(&["train", "--dataset", "8gaussians", "--steps", "50", "--width", "32", "--batch", "64", "--out", ck_s]);
+    ok(&[
+        "train",
+        "--dataset",
+        "8gaussians",
+        "--steps",
+        "50",
+        "--width",
+        "32",
+        "--batch",
+        "64",
+        "--out",
+        ck_s,
+    ]);
     let out = ok(&["eval", "--checkpoint", ck_s, "-n", "200", "--steps", "2,8"]);
-    for name in ["euler", "midpoint", "heun", "rk4", "dopri5", "W2", "sliced-W2", "floor"] {
+    for name in [
+        "euler",
+        "midpoint",
+        "heun",
+        "rk4",
+        "dopri5",
+        "W2",
+        "sliced-W2",
+        "floor",
+    ] {
         assert!(out.contains(name), "missing {name} in:\n{out}");
     }
     assert_eq!(out.lines().filter(|l| l.starts_with("rk4")).count(), 2);
@@ -89,15 +171,55 @@ fn mnist_trains_and_samples_to_idx_and_png() {
     let dir = temp_dir("cli-mnist");
     let ck = dir.join("mnist.safetensors");
     let ck_s = ck.to_str().expect("utf8");
-    ok(&["train", "--dataset", "mnist", "--steps", "3", "--batch", "8", "--width", "32", "--depth", "1", "--out", ck_s]);
+    ok(&[
+        "train",
+        "--dataset",
+        "mnist",
+        "--steps",
+        "3",
+        "--batch",
+        "8",
+        "--width",
+        "32",
+        "--depth",
+        "1",
+        "--out",
+        ck_s,
+    ]);
     let idx = dir.join("d.idx");
-    ok(&["sample", "--checkpoint", ck_s, "--steps", "2", "-n", "5", "--out", idx.to_str().expect("utf8")]);
+    ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--steps",
+        "2",
+        "-n",
+        "5",
+        "--out",
+        idx.to_str().expect("utf8"),
+    ]);
     let parsed = flowlab::data::idx::read_idx(&idx).expect("IDX readable");
     assert_eq!(parsed.dims, vec![5, 28, 28]);
     let png = dir.join("g.png");
-    ok(&["sample", "--checkpoint", ck_s, "--steps", "2", "-n", "4", "--out", png.to_str().expect("utf8")]);
+    ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--steps",
+        "2",
+        "-n",
+        "4",
+        "--out",
+        png.to_str().expect("utf8"),
+    ]);
     assert!(image::open(&png).is_ok());
-    let err = fails(&["sample", "--checkpoint", ck_s, "--out", dir.join("x.csv").to_str().expect("utf8")]);
+    let err = fails(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--out",
+        dir.join("x.csv").to_str().expect("utf8"),
+    ]);
     assert!(err.contains("CSV output is for 2D"), "{err}");
 }
 
@@ -106,18 +228,45 @@ fn resume_extends_a_run_and_bad_inputs_fail_with_one_message() {
     let dir = temp_dir("cli-errors");
     let ck = dir.join("r.safetensors");
     let ck_s = ck.to_str().expect("utf8");
-    ok(&["train", "--steps", "20", "--width", "16", "--batch", "32", "--out", ck_s]);
+    ok(&[
+        "train", "--steps", "20", "--width", "16", "--batch", "32", "--out", ck_s,
+    ]);
     ok(&["train", "--resume", ck_s, "--steps", "30", "--out", ck_s]);
-    let meta = flowlab::checkpoint::Checkpoint::load(&ck, &candle_core::Device::Cpu).expect("load").meta;
+    let meta = flowlab::checkpoint::Checkpoint::load(&ck, &candle_core::Device::Cpu)
+        .expect("load")
+        .meta;
     assert_eq!(meta.step, 30);
     let err = fails(&["train", "--resume", ck_s, "--steps", "10", "--out", ck_s]);
     assert!(err.contains("below the 30 steps"), "{err}");
     let err = fails(&["train", "--dataset", "nope", "--out", ck_s]);
-    assert!(err.contains("unknown dataset \"nope\"") && err.contains("moons"), "{err}");
+    assert!(
+        err.contains("unknown dataset \"nope\"") && err.contains("moons"),
+        "{err}"
+    );
     let err = fails(&["train", "--batch", "0", "--out", ck_s]);
     assert!(err.contains("batch size"), "{err}");
-    let err = fails(&["sample", "--checkpoint", "/nonexistent/x.safetensors", "--out", "x.csv"]);
-    assert!(err.starts_with("error:") && err.contains("/nonexistent/x.safetensors"), "{err}");
-    let err = fails(&["train", "--mnist-dir", "/nonexistent", "--dataset", "mnist", "--out", ck_s]);
-    assert!(err.contains("/nonexistent") && err.contains("missing"), "{err}");
+    let err = fails(&[
+        "sample",
+        "--checkpoint",
+        "/nonexistent/x.safetensors",
+        "--out",
+        "x.csv",
+    ]);
+    assert!(
+        err.starts_with("error:") && err.contains("/nonexistent/x.safetensors"),
+        "{err}"
+    );
+    let err = fails(&[
+        "train",
+        "--mnist-dir",
+        "/nonexistent",
+        "--dataset",
+        "mnist",
+        "--out",
+        ck_s,
+    ]);
+    assert!(
+        err.contains("/nonexistent") && err.contains("missing"),
+        "{err}"
+    );
 }

@@ -5,11 +5,13 @@ use flowlab::train::TrainConfig;
 
 /// A small, fast moons config for tests.
 pub fn tiny_config(steps: u64) -> TrainConfig {
-    let mut cfg = TrainConfig::default();
-    cfg.steps = steps;
-    cfg.batch_size = 128;
-    cfg.held_out_size = 256;
-    cfg.held_out_every = 10;
+    let mut cfg = TrainConfig {
+        steps,
+        batch_size: 128,
+        held_out_size: 256,
+        held_out_every: 10,
+        ..Default::default()
+    };
     let flowlab::model::ModelConfig::Mlp(m) = &mut cfg.model;
     m.width = 32;
     m.depth = 2;

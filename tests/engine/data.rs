@@ -25,13 +25,23 @@ fn generators_are_seeded_and_standardised() {
         assert_eq!(a, b, "{toy:?}: same seed, same points");
         assert_ne!(a, c, "{toy:?}: other seed, other points");
         let n = 5000.0;
-        let mean = [0, 1].map(|k| a.iter().skip(k).step_by(2).map(|v| f64::from(*v)).sum::<f64>() / n);
+        let mean = [0, 1].map(|k| {
+            a.iter()
+                .skip(k)
+                .step_by(2)
+                .map(|v| f64::from(*v))
+                .sum::<f64>()
+                / n
+        });
         let var = a
             .chunks_exact(2)
             .map(|p| (f64::from(p[0]) - mean[0]).powi(2) + (f64::from(p[1]) - mean[1]).powi(2))
             .sum::<f64>()
             / (2.0 * n);
-        assert!(mean[0].abs() < 0.05 && mean[1].abs() < 0.05, "{toy:?}: mean {mean:?}");
+        assert!(
+            mean[0].abs() < 0.05 && mean[1].abs() < 0.05,
+            "{toy:?}: mean {mean:?}"
+        );
         assert!((var - 1.0).abs() < 0.06, "{toy:?}: average variance {var}");
         // Data space round trip.
         let mut back = a.clone();
@@ -46,18 +56,22 @@ fn generators_are_seeded_and_standardised() {
 fn moons_match_scikit_learn_geometry() {
     let toy = Toy2d::Moons { noise: 0.0 };
     let pts = toy.draw_n(2000, &mut stream_rng(0, Stream::Eval, 0));
-    let (mut outer, mut inner) = (0, 0);
+    let (mut outer, mut inner) = (0i32, 0i32);
     for p in pts.chunks_exact(2) {
         let (x, y) = (f64::from(p[0]), f64::from(p[1]));
         let on_outer = ((x * x + y * y).sqrt() - 1.0).abs() < 1e-5 && y >= -1e-6;
-        let on_inner = (((x - 1.0).powi(2) + (y - 0.5).powi(2)).sqrt() - 1.0).abs() < 1e-5 && y <= 0.5 + 1e-6;
+        let on_inner =
+            (((x - 1.0).powi(2) + (y - 0.5).powi(2)).sqrt() - 1.0).abs() < 1e-5 && y <= 0.5 + 1e-6;
         assert!(on_outer || on_inner, "point ({x}, {y}) is on neither moon");
         if on_outer { outer += 1 } else { inner += 1 }
     }
-    assert!((outer as i32 - inner as i32).abs() < 150, "halves {outer} / {inner}");
+    assert!((outer - inner).abs() < 150, "halves {outer} / {inner}");
     // With noise the standardisation is fitted on the noisy set: x-mean 0.5, y-mean 0.25.
     let s = Standardizer::fit(&Toy2d::Moons { noise: 0.05 });
-    assert!((s.mean[0] - 0.5).abs() < 0.02 && (s.mean[1] - 0.25).abs() < 0.02, "{s:?}");
+    assert!(
+        (s.mean[0] - 0.5).abs() < 0.02 && (s.mean[1] - 0.25).abs() < 0.02,
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -65,7 +79,10 @@ fn checkerboard_points_lie_on_dark_squares() {
     let pts = Toy2d::Checkerboard.draw_n(4000, &mut stream_rng(0, Stream::Eval, 0));
     for p in pts.chunks_exact(2) {
         let (i, j) = (p[0].floor() as i32, p[1].floor() as i32);
-        assert!((-2..2).contains(&i) && (-2..2).contains(&j), "{p:?} outside [-2, 2)^2");
+        assert!(
+            (-2..2).contains(&i) && (-2..2).contains(&j),
+            "{p:?} outside [-2, 2)^2"
+        );
         assert_eq!((i + j).rem_euclid(2), 0, "{p:?} on a light square");
     }
 }
@@ -73,11 +90,29 @@ fn checkerboard_points_lie_on_dark_squares() {
 #[test]
 fn dataset_names_round_trip_and_bad_parameters_are_rejected() {
     for name in DatasetKind::names() {
-        assert_eq!(DatasetKind::from_name(name, None).expect("known").name(), name);
+        assert_eq!(
+            DatasetKind::from_name(name, None).expect("known").name(),
+            name
+        );
     }
     assert!(DatasetKind::from_name("nope", None).is_none());
-    assert!(DatasetKind::Toy2d { toy: Toy2d::Moons { noise: -1.0 } }.build().is_err());
-    assert!(DatasetKind::Toy2d { toy: Toy2d::Circles { noise: 0.1, factor: 1.5 } }.build().is_err());
+    assert!(
+        DatasetKind::Toy2d {
+            toy: Toy2d::Moons { noise: -1.0 }
+        }
+        .build()
+        .is_err()
+    );
+    assert!(
+        DatasetKind::Toy2d {
+            toy: Toy2d::Circles {
+                noise: 0.1,
+                factor: 1.5
+            }
+        }
+        .build()
+        .is_err()
+    );
 }
 
 #[test]
@@ -99,13 +134,32 @@ fn bad_idx_files_give_clear_errors_naming_the_file() {
         (good[..6].to_vec(), "truncated header"),
         (vec![0, 0], "too short"),
         ([good.clone(), vec![1, 2]].concat(), "unexpected bytes"),
-        ({ let mut b = good.clone(); b[0] = 9; b }, "not an IDX file"),
-        ({ let mut b = good.clone(); b[2] = 0x0d; b }, "not supported"),
+        (
+            {
+                let mut b = good.clone();
+                b[0] = 9;
+                b
+            },
+            "not an IDX file",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[2] = 0x0d;
+                b
+            },
+            "not supported",
+        ),
         (gz(&good)[..20].to_vec(), "corrupt gzip"),
     ];
     for (bytes, expected) in cases {
-        let err = parse_idx(&bytes, Path::new("some/file-idx3-ubyte")).expect_err("must fail").to_string();
-        assert!(err.contains("some/file-idx3-ubyte"), "error names the file: {err}");
+        let err = parse_idx(&bytes, Path::new("some/file-idx3-ubyte"))
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.contains("some/file-idx3-ubyte"),
+            "error names the file: {err}"
+        );
         assert!(err.contains(expected), "expected {expected:?} in: {err}");
     }
 }
@@ -153,8 +207,15 @@ fn an_mnist_layout_folder_loads_gzipped_or_not() {
         let dir = temp_dir(&format!("idxdir-{gzip}"));
         write_set(&dir, 3, 3, gzip);
         let m = Mnist::from_dir(&dir).expect("load");
-        assert_eq!((m.train.n, m.train.rows, m.train.cols, m.test.n), (3, 4, 5, 2));
-        let ds = DatasetKind::Mnist { dir: Some(dir.clone()) }.build().expect("dataset");
+        assert_eq!(
+            (m.train.n, m.train.rows, m.train.cols, m.test.n),
+            (3, 4, 5, 2)
+        );
+        let ds = DatasetKind::Mnist {
+            dir: Some(dir.clone()),
+        }
+        .build()
+        .expect("dataset");
         assert_eq!(ds.sample_shape(), vec![1, 4, 5]);
     }
 }
@@ -164,7 +225,12 @@ fn mismatched_or_missing_mnist_files_are_reported() {
     let dir = temp_dir("idx-mismatch");
     write_set(&dir, 3, 4, false);
     let err = Mnist::from_dir(&dir).expect_err("mismatch").to_string();
-    assert!(err.contains("train-labels-idx1-ubyte") && err.contains("4 labels") && err.contains("3 images"), "{err}");
+    assert!(
+        err.contains("train-labels-idx1-ubyte")
+            && err.contains("4 labels")
+            && err.contains("3 images"),
+        "{err}"
+    );
     std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte")).expect("rm");
     write_set(&dir, 3, 3, false);
     std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte")).expect("rm");

@@ -25,8 +25,16 @@ fn scheduler_derivatives_match_finite_differences() {
             let fd_alpha = (p.alpha - m.alpha) / (2.0 * h);
             let fd_sigma = (p.sigma - m.sigma) / (2.0 * h);
             let tol = |v: f64| 1e-5 * (1.0 + v.abs());
-            assert!((o.d_alpha - fd_alpha).abs() < tol(fd_alpha), "{s:?} d_alpha at t={t}: {} vs {fd_alpha}", o.d_alpha);
-            assert!((o.d_sigma - fd_sigma).abs() < tol(fd_sigma), "{s:?} d_sigma at t={t}: {} vs {fd_sigma}", o.d_sigma);
+            assert!(
+                (o.d_alpha - fd_alpha).abs() < tol(fd_alpha),
+                "{s:?} d_alpha at t={t}: {} vs {fd_alpha}",
+                o.d_alpha
+            );
+            assert!(
+                (o.d_sigma - fd_sigma).abs() < tol(fd_sigma),
+                "{s:?} d_sigma at t={t}: {} vs {fd_sigma}",
+                o.d_sigma
+            );
         }
     }
 }
@@ -35,12 +43,21 @@ fn scheduler_derivatives_match_finite_differences() {
 fn schedulers_go_from_noise_at_0_to_data_at_1() {
     for s in SCHEDULERS {
         let (o0, o1) = (s.eval(0.0), s.eval(1.0));
-        assert!((o1.alpha - 1.0).abs() < 1e-12 && o1.sigma.abs() < 1e-12, "{s:?} at t=1: {o1:?}");
+        assert!(
+            (o1.alpha - 1.0).abs() < 1e-12 && o1.sigma.abs() < 1e-12,
+            "{s:?} at t=1: {o1:?}"
+        );
         if matches!(s, Scheduler::Vp { .. }) {
             // VP only approaches pure noise: alpha_0 = exp(-T(0)/2) with T(0) = 10.05.
-            assert!(o0.alpha < 0.01 && (o0.sigma - 1.0).abs() < 1e-4, "{s:?} at t=0: {o0:?}");
+            assert!(
+                o0.alpha < 0.01 && (o0.sigma - 1.0).abs() < 1e-4,
+                "{s:?} at t=0: {o0:?}"
+            );
         } else {
-            assert!(o0.alpha.abs() < 1e-12 && (o0.sigma - 1.0).abs() < 1e-12, "{s:?} at t=0: {o0:?}");
+            assert!(
+                o0.alpha.abs() < 1e-12 && (o0.sigma - 1.0).abs() < 1e-12,
+                "{s:?} at t=0: {o0:?}"
+            );
         }
     }
 }
@@ -63,9 +80,25 @@ fn time_convention_is_noise_at_0_and_data_at_1() {
 fn conversions_round_trip_and_agree_with_the_path() {
     let n = 64;
     let mut rng = stream_rng(7, Stream::Eval, 0);
-    let x0 = t64(flowlab::rng::gaussian(2 * n, &mut rng).into_iter().map(f64::from).collect(), n, 2);
-    let x1 = t64(flowlab::rng::gaussian(2 * n, &mut rng).into_iter().map(f64::from).collect(), n, 2);
-    let t: Vec<f64> = (0..n).map(|i| 0.02 + 0.96 * i as f64 / (n - 1) as f64).collect();
+    let x0 = t64(
+        flowlab::rng::gaussian(2 * n, &mut rng)
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        n,
+        2,
+    );
+    let x1 = t64(
+        flowlab::rng::gaussian(2 * n, &mut rng)
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        n,
+        2,
+    );
+    let t: Vec<f64> = (0..n)
+        .map(|i| 0.02 + 0.96 * i as f64 / (n - 1) as f64)
+        .collect();
     for s in SCHEDULERS {
         let path = AffinePath::new(s);
         let ps = path.sample(&x0, &x1, &t).expect("sample");
@@ -76,10 +109,34 @@ fn conversions_round_trip_and_agree_with_the_path() {
         assert!(max_diff(&v_from_x1, &v) < 1e-8, "{s:?} x1->v");
         assert!(max_diff(&v_from_eps, &v) < 1e-6, "{s:?} eps->v");
         // And back.
-        assert!(max_diff(&path.velocity_to_target(&v, &ps.x_t, &t).expect("conv"), &x1) < 1e-8, "{s:?} v->x1");
-        assert!(max_diff(&path.velocity_to_epsilon(&v, &ps.x_t, &t).expect("conv"), &x0) < 1e-6, "{s:?} v->eps");
-        assert!(max_diff(&path.target_to_epsilon(&x1, &ps.x_t, &t).expect("conv"), &x0) < 1e-8, "{s:?} x1->eps");
-        assert!(max_diff(&path.epsilon_to_target(&x0, &ps.x_t, &t).expect("conv"), &x1) < 1e-6, "{s:?} eps->x1");
+        assert!(
+            max_diff(
+                &path.velocity_to_target(&v, &ps.x_t, &t).expect("conv"),
+                &x1
+            ) < 1e-8,
+            "{s:?} v->x1"
+        );
+        assert!(
+            max_diff(
+                &path.velocity_to_epsilon(&v, &ps.x_t, &t).expect("conv"),
+                &x0
+            ) < 1e-6,
+            "{s:?} v->eps"
+        );
+        assert!(
+            max_diff(
+                &path.target_to_epsilon(&x1, &ps.x_t, &t).expect("conv"),
+                &x0
+            ) < 1e-8,
+            "{s:?} x1->eps"
+        );
+        assert!(
+            max_diff(
+                &path.epsilon_to_target(&x0, &ps.x_t, &t).expect("conv"),
+                &x1
+            ) < 1e-6,
+            "{s:?} eps->x1"
+        );
     }
 }
 
@@ -87,13 +144,25 @@ fn conversions_round_trip_and_agree_with_the_path() {
 fn time_sampling_stays_in_range_and_logit_normal_concentrates_mid_path() {
     let mut rng = stream_rng(1, Stream::Batch, 0);
     let n = 20_000;
-    let uni: Vec<f64> = (0..n).map(|_| TimeSampling::Uniform.draw(1.0, &mut rng)).collect();
-    let ln: Vec<f64> = (0..n).map(|_| TimeSampling::LOGIT_NORMAL.draw(1.0, &mut rng)).collect();
+    let uni: Vec<f64> = (0..n)
+        .map(|_| TimeSampling::Uniform.draw(1.0, &mut rng))
+        .collect();
+    let ln: Vec<f64> = (0..n)
+        .map(|_| TimeSampling::LOGIT_NORMAL.draw(1.0, &mut rng))
+        .collect();
     assert!(uni.iter().chain(&ln).all(|t| (0.0..=1.0).contains(t)));
     let mid = |v: &[f64]| v.iter().filter(|t| (0.25..0.75).contains(*t)).count() as f64 / n as f64;
-    assert!((mid(&uni) - 0.5).abs() < 0.02, "uniform mid mass {}", mid(&uni));
+    assert!(
+        (mid(&uni) - 0.5).abs() < 0.02,
+        "uniform mid mass {}",
+        mid(&uni)
+    );
     // For sigmoid(N(0,1)) the mass in [0.25, 0.75] is P(|z| < ln 3) = 0.728.
-    assert!((mid(&ln) - 0.728).abs() < 0.02, "logit-normal mid mass {}", mid(&ln));
+    assert!(
+        (mid(&ln) - 0.728).abs() < 0.02,
+        "logit-normal mid mass {}",
+        mid(&ln)
+    );
     let capped = TimeSampling::Uniform.draw(0.5, &mut rng);
     assert!(capped <= 0.5);
 }

@@ -10,7 +10,10 @@ fn cloud(n: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn w2_of_a_translation_is_its_length_and_of_a_permutation_zero() {
     let a = cloud(300, 1);
-    let b: Vec<f32> = a.chunks_exact(2).flat_map(|p| [p[0] + 3.0, p[1] - 4.0]).collect();
+    let b: Vec<f32> = a
+        .chunks_exact(2)
+        .flat_map(|p| [p[0] + 3.0, p[1] - 4.0])
+        .collect();
     let w = w2_exact(&a, &b, 2).expect("w2");
     assert!((w - 5.0).abs() < 1e-5, "W2 {w}");
     let mut rev: Vec<f32> = a.chunks_exact(2).rev().flatten().copied().collect();
@@ -33,10 +36,16 @@ fn w2_between_samples_of_one_distribution_shrinks_and_is_below_a_shifted_one() {
 fn sliced_w2_of_a_translation_matches_its_expectation() {
     // For a translation c, each projection moves by <c, θ>: E[<c, θ>²] = |c|²/2 in 2D.
     let a = cloud(500, 3);
-    let b: Vec<f32> = a.chunks_exact(2).flat_map(|p| [p[0] + 3.0, p[1] + 4.0]).collect();
+    let b: Vec<f32> = a
+        .chunks_exact(2)
+        .flat_map(|p| [p[0] + 3.0, p[1] + 4.0])
+        .collect();
     let sw = sliced_w2(&a, &b, 2, 2000, 0).expect("sw");
     let expected = 5.0 / 2f64.sqrt();
-    assert!((sw - expected).abs() / expected < 0.05, "SW {sw} vs {expected}");
+    assert!(
+        (sw - expected).abs() / expected < 0.05,
+        "SW {sw} vs {expected}"
+    );
     assert!(sliced_w2(&a, &a, 2, 50, 0).expect("sw") < 1e-9);
     let nan = vec![f32::NAN; a.len()];
     assert!(sliced_w2(&a, &nan, 2, 5, 0).is_err());

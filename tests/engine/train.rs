@@ -53,7 +53,13 @@ fn same_seed_same_loss_curve_other_seed_other_curve() {
 fn run_stops_between_steps_when_asked() {
     let mut tr = Trainer::new(tiny_config(100), &Device::Cpu).expect("trainer");
     let end = tr
-        .run(|r| if r.step == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        .run(|r| {
+            if r.step == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
         .expect("run");
     assert_eq!(end, RunEnd::Stopped);
     assert_eq!(tr.step_count(), 3);
@@ -61,11 +67,20 @@ fn run_stops_between_steps_when_asked() {
 
 #[test]
 fn lr_schedule_warms_up_then_decays_to_the_floor() {
-    let o = OptimizerConfig { lr: 1e-3, warmup_steps: 10, min_lr_ratio: 0.1, ..Default::default() };
+    let o = OptimizerConfig {
+        lr: 1e-3,
+        warmup_steps: 10,
+        min_lr_ratio: 0.1,
+        ..Default::default()
+    };
     assert!((o.lr_at(0, 100) - 1e-4).abs() < 1e-12);
     assert!((o.lr_at(9, 100) - 1e-3).abs() < 1e-12);
     assert!((o.lr_at(10, 100) - 1e-3).abs() < 1e-12);
-    assert!((o.lr_at(55, 100) - 0.55e-3).abs() < 1e-9, "half-way cosine {}", o.lr_at(55, 100));
+    assert!(
+        (o.lr_at(55, 100) - 0.55e-3).abs() < 1e-9,
+        "half-way cosine {}",
+        o.lr_at(55, 100)
+    );
     assert!((o.lr_at(100, 100) - 1e-4).abs() < 1e-12);
     let mut prev = f64::INFINITY;
     for s in 10..100 {
@@ -78,19 +93,34 @@ fn lr_schedule_warms_up_then_decays_to_the_floor() {
 fn adamw_first_step_moves_each_weight_by_lr_against_its_gradient() {
     // Adam's first update is lr · g / (|g| + eps) = lr · sign(g).
     let p = Var::from_vec(vec![1.0f32, -2.0, 0.5], 3, &Device::Cpu).expect("var");
-    let cfg = OptimizerConfig { lr: 0.1, weight_decay: 0.0, grad_clip: None, ..Default::default() };
+    let cfg = OptimizerConfig {
+        lr: 0.1,
+        weight_decay: 0.0,
+        grad_clip: None,
+        ..Default::default()
+    };
     let mut opt = AdamW::new(vec![p.clone()], cfg).expect("opt");
     let loss = p.as_tensor().sqr().expect("sqr").sum_all().expect("sum");
-    opt.step(&loss.backward().expect("grad"), 0.1, 1).expect("step");
+    opt.step(&loss.backward().expect("grad"), 0.1, 1)
+        .expect("step");
     let got: Vec<f32> = p.as_tensor().to_vec1().expect("vals");
     let want = [0.9f32, -1.9, 0.4];
-    assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6), "{got:?}");
+    assert!(
+        got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6),
+        "{got:?}"
+    );
     // Decoupled weight decay shrinks the weight by lr · wd on top.
     let q = Var::from_vec(vec![1.0f32], 1, &Device::Cpu).expect("var");
-    let cfg = OptimizerConfig { lr: 0.1, weight_decay: 0.5, grad_clip: None, ..Default::default() };
+    let cfg = OptimizerConfig {
+        lr: 0.1,
+        weight_decay: 0.5,
+        grad_clip: None,
+        ..Default::default()
+    };
     let mut opt = AdamW::new(vec![q.clone()], cfg).expect("opt");
     let loss = q.as_tensor().sqr().expect("sqr").sum_all().expect("sum");
-    opt.step(&loss.backward().expect("grad"), 0.1, 1).expect("step");
+    opt.step(&loss.backward().expect("grad"), 0.1, 1)
+        .expect("step");
     let got: Vec<f32> = q.as_tensor().to_vec1().expect("vals");
     assert!((got[0] - (1.0 * 0.95 - 0.1)).abs() < 1e-6, "{got:?}");
 }
@@ -98,11 +128,19 @@ fn adamw_first_step_moves_each_weight_by_lr_against_its_gradient() {
 #[test]
 fn gradient_clipping_bounds_the_update_direction_norm() {
     let p = Var::from_vec(vec![3.0f32, 4.0], 2, &Device::Cpu).expect("var");
-    let cfg = OptimizerConfig { grad_clip: Some(1.0), ..Default::default() };
+    let cfg = OptimizerConfig {
+        grad_clip: Some(1.0),
+        ..Default::default()
+    };
     let opt = AdamW::new(vec![p.clone()], cfg).expect("opt");
     let loss = (p.as_tensor() * 10.0).expect("mul").sum_all().expect("sum");
-    let norm = opt.grad_norm(&loss.backward().expect("grad")).expect("norm");
-    assert!((norm - 200f32.sqrt()).abs() < 1e-4, "gradient (10, 10) has norm {norm}");
+    let norm = opt
+        .grad_norm(&loss.backward().expect("grad"))
+        .expect("norm");
+    assert!(
+        (norm - 200f32.sqrt()).abs() < 1e-4,
+        "gradient (10, 10) has norm {norm}"
+    );
 }
 
 /// Moons that turn into NaN once `poison` is set.
@@ -144,11 +182,21 @@ fn nan_loss_stops_training_and_keeps_the_last_good_weights() {
     for _ in 0..5 {
         tr.step().expect("good step");
     }
-    let before: Vec<Tensor> = tr.params().tensors().iter().map(|t| t.copy().expect("copy")).collect();
+    let before: Vec<Tensor> = tr
+        .params()
+        .tensors()
+        .iter()
+        .map(|t| t.copy().expect("copy"))
+        .collect();
     poison.store(true, Ordering::Relaxed);
     let err = tr.step().expect_err("NaN must stop training");
     match &err {
-        flowlab::Error::NonFinite { step, last_good_step, what, .. } => {
+        flowlab::Error::NonFinite {
+            step,
+            last_good_step,
+            what,
+            ..
+        } => {
             assert_eq!((*step, *last_good_step, *what), (6, 5, "loss"));
         }
         other => panic!("unexpected error {other}"),
@@ -167,15 +215,29 @@ fn nan_loss_stops_training_and_keeps_the_last_good_weights() {
 fn invalid_configs_are_rejected_with_a_message() {
     let mut c = tiny_config(10);
     c.batch_size = 0;
-    assert!(Trainer::new(c, &Device::Cpu).expect_err("batch 0").to_string().contains("batch size"));
+    assert!(
+        Trainer::new(c, &Device::Cpu)
+            .expect_err("batch 0")
+            .to_string()
+            .contains("batch size")
+    );
     let mut c = tiny_config(10);
     c.optimizer.lr = -1.0;
-    assert!(Trainer::new(c, &Device::Cpu).expect_err("lr").to_string().contains("learning rate"));
-    let err = TrainConfig::from_json("{\"batch_size\": 12, \"typo\": 1}").expect_err("unknown field");
+    assert!(
+        Trainer::new(c, &Device::Cpu)
+            .expect_err("lr")
+            .to_string()
+            .contains("learning rate")
+    );
+    let err =
+        TrainConfig::from_json("{\"batch_size\": 12, \"typo\": 1}").expect_err("unknown field");
     assert!(err.to_string().contains("typo"), "{err}");
     let cfg = TrainConfig::from_json("{\"batch_size\": 12}").expect("partial config");
     assert_eq!(cfg.batch_size, 12);
-    assert_eq!(TrainConfig::from_json(&cfg.to_json()).expect("round trip"), cfg);
+    assert_eq!(
+        TrainConfig::from_json(&cfg.to_json()).expect("round trip"),
+        cfg
+    );
 }
 
 #[test]
