@@ -189,6 +189,9 @@ pub struct BenchArgs {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Only the workloads whose name contains this text (e.g. `4x512`, `moons`).
+    #[arg(long)]
+    pub only: Option<String>,
     /// Device: cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -677,6 +680,9 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         ("4x512 SiLU MLP, batch 4096", big),
         ("default moons (3x256 SiLU MLP, batch 512)", small),
     ] {
+        if a.only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
         eprintln!("benchmarking {name} ...");
         let mut tr = Trainer::new(cfg.clone(), &dev)?;
         let steps = rate(a.seconds, || tr.step().map(|_| ()))?;

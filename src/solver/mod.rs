@@ -229,7 +229,10 @@ impl<'a> Counted<'a> {
         self.nfe += 1;
         let batch = x.dims().first().copied().unwrap_or(1);
         let tt = Tensor::full(t, batch, x.device())?.to_dtype(x.dtype())?;
-        let v = self.field.velocity(x, &tt)?;
+        // Sampling needs no gradients: detaching stops candle from recording the
+        // whole integration as one autograd graph (which kept every activation of
+        // every step alive: gigabytes for a 4096-point batch).
+        let v = self.field.velocity(&x.detach(), &tt)?.detach();
         if v.dims() != x.dims() {
             return Err(Error::config(format!(
                 "velocity field returned shape {:?} for input {:?}",
