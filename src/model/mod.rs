@@ -2,6 +2,7 @@
 
 pub mod embedding;
 pub mod mlp;
+pub mod ops;
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
@@ -82,7 +83,7 @@ impl Activation {
     /// Applies the activation elementwise.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::Silu => x.silu(),
+            Activation::Silu => ops::silu(x),
             Activation::Relu => x.relu(),
             Activation::Gelu => x.gelu(),
             Activation::Elu => x.elu(1.0),

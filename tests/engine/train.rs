@@ -257,3 +257,29 @@ fn every_scheduler_and_time_sampling_trains() {
         assert!(l.iter().all(|v| v.is_finite()), "{s:?}");
     }
 }
+
+#[test]
+fn fused_silu_matches_candle_in_value_and_gradient() {
+    use flowlab::model::ops::{fast_exp, silu};
+    for x in [-100.0f32, -87.5, -20.0, -3.3, -0.5, 0.0, 1e-3, 0.7, 5.0, 30.0, 88.0, 100.0] {
+        let (a, b) = (fast_exp(x), x.clamp(-87.0, 88.0).exp());
+        assert!(((a - b) / b).abs() < 3e-7, "exp({x}): {a} vs {b}");
+    }
+    // Odd sizes, more than one parallel chunk, and a non-contiguous view.
+    for n in [1usize, 7, 1000, 70_001] {
+        let vals: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2000) as f32 / 100.0 - 10.0).collect();
+        let x = Var::from_vec(vals, n, &Device::Cpu).expect("x");
+        let ours = silu(x.as_tensor()).expect("silu");
+        let reference = x.as_tensor().silu().expect("silu");
+        assert!(max_diff(&ours, &reference) < 1e-5, "n={n}: value");
+        // Gradient of sum(silu(x) * w) for a fixed w.
+        let w = Tensor::arange(0f32, n as f32, &Device::Cpu).expect("w").affine(1e-3, 0.5).expect("w");
+        let g1 = (ours * &w).expect("mul").sum_all().expect("sum").backward().expect("grad");
+        let g2 = (reference * &w).expect("mul").sum_all().expect("sum").backward().expect("grad");
+        let (g1, g2) = (g1.get(x.as_tensor()).expect("g1"), g2.get(x.as_tensor()).expect("g2"));
+        let scale = crate::common::vals(g2).iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        assert!(max_diff(g1, g2) / scale < 1e-5, "n={n}: gradient");
+    }
+    let m = Tensor::arange(0f32, 12.0, &Device::Cpu).expect("m").reshape((3, 4)).expect("m").t().expect("t");
+    assert!(max_diff(&silu(&m).expect("silu"), &m.silu().expect("silu")) < 1e-5, "transposed view");
+}
