@@ -1,7 +1,7 @@
 //! MLP velocity field: v(x, t) = MLP([flatten(x), embed(t)]).
 
 use candle_core::{DType, Tensor};
-use candle_nn::{Linear, Module as _, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -99,7 +99,7 @@ impl VelocityField for Mlp {
         let mut h = Tensor::cat(&[&xf, &self.embed.forward(t)?], 1)?;
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
+            h = super::ops::linear(&h, layer)?;
             if i + 1 < n {
                 h = self.cfg.activation.apply(&h)?;
             }

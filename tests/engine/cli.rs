@@ -275,15 +275,27 @@ fn resume_extends_a_run_and_bad_inputs_fail_with_one_message() {
 #[test]
 fn shipped_moons_weights_sample_at_the_noise_floor() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/moons.safetensors");
-    let loaded = flowlab::checkpoint::LoadedModel::load(&path, &candle_core::Device::Cpu).expect("shipped weights load");
+    let loaded = flowlab::checkpoint::LoadedModel::load(&path, &candle_core::Device::Cpu)
+        .expect("shipped weights load");
     let solver = flowlab::solver::SolverConfig::fixed(flowlab::solver::SolverKind::Midpoint, 20);
-    let s = flowlab::sample::sample(loaded.model.as_ref(), &loaded.meta.sample_shape, 1000, 5, &solver, false, &candle_core::Device::Cpu)
-        .expect("sample");
+    let s = flowlab::sample::sample(
+        loaded.model.as_ref(),
+        &loaded.meta.sample_shape,
+        1000,
+        5,
+        &solver,
+        false,
+        &candle_core::Device::Cpu,
+    )
+    .expect("sample");
     let mut pts = s.data;
     loaded.meta.to_data_space(&mut pts);
     let moons = Toy2d::Moons { noise: 0.05 };
     let fresh = moons.draw_n(1000, &mut stream_rng(77, Stream::Eval, 0));
     let fresh2 = moons.draw_n(1000, &mut stream_rng(77, Stream::Eval, 1));
-    let (w2, floor) = (w2_exact(&pts, &fresh, 2).expect("w2"), w2_exact(&fresh, &fresh2, 2).expect("w2"));
+    let (w2, floor) = (
+        w2_exact(&pts, &fresh, 2).expect("w2"),
+        w2_exact(&fresh, &fresh2, 2).expect("w2"),
+    );
     assert!(w2 < 2.0 * floor, "W2 {w2:.4} vs floor {floor:.4}");
 }

@@ -261,25 +261,113 @@ fn every_scheduler_and_time_sampling_trains() {
 #[test]
 fn fused_silu_matches_candle_in_value_and_gradient() {
     use flowlab::model::ops::{fast_exp, silu};
-    for x in [-100.0f32, -87.5, -20.0, -3.3, -0.5, 0.0, 1e-3, 0.7, 5.0, 30.0, 88.0, 100.0] {
+    for x in [
+        -100.0f32, -87.5, -20.0, -3.3, -0.5, 0.0, 1e-3, 0.7, 5.0, 30.0, 88.0, 100.0,
+    ] {
         let (a, b) = (fast_exp(x), x.clamp(-87.0, 88.0).exp());
         assert!(((a - b) / b).abs() < 3e-7, "exp({x}): {a} vs {b}");
     }
     // Odd sizes, more than one parallel chunk, and a non-contiguous view.
     for n in [1usize, 7, 1000, 70_001] {
-        let vals: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2000) as f32 / 100.0 - 10.0).collect();
+        let vals: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 2000) as f32 / 100.0 - 10.0)
+            .collect();
         let x = Var::from_vec(vals, n, &Device::Cpu).expect("x");
         let ours = silu(x.as_tensor()).expect("silu");
         let reference = x.as_tensor().silu().expect("silu");
         assert!(max_diff(&ours, &reference) < 1e-5, "n={n}: value");
         // Gradient of sum(silu(x) * w) for a fixed w.
-        let w = Tensor::arange(0f32, n as f32, &Device::Cpu).expect("w").affine(1e-3, 0.5).expect("w");
-        let g1 = (ours * &w).expect("mul").sum_all().expect("sum").backward().expect("grad");
-        let g2 = (reference * &w).expect("mul").sum_all().expect("sum").backward().expect("grad");
-        let (g1, g2) = (g1.get(x.as_tensor()).expect("g1"), g2.get(x.as_tensor()).expect("g2"));
-        let scale = crate::common::vals(g2).iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let w = Tensor::arange(0f32, n as f32, &Device::Cpu)
+            .expect("w")
+            .affine(1e-3, 0.5)
+            .expect("w");
+        let g1 = (ours * &w)
+            .expect("mul")
+            .sum_all()
+            .expect("sum")
+            .backward()
+            .expect("grad");
+        let g2 = (reference * &w)
+            .expect("mul")
+            .sum_all()
+            .expect("sum")
+            .backward()
+            .expect("grad");
+        let (g1, g2) = (
+            g1.get(x.as_tensor()).expect("g1"),
+            g2.get(x.as_tensor()).expect("g2"),
+        );
+        let scale = crate::common::vals(g2)
+            .iter()
+            .fold(1.0f64, |m, v| m.max(v.abs()));
         assert!(max_diff(g1, g2) / scale < 1e-5, "n={n}: gradient");
     }
-    let m = Tensor::arange(0f32, 12.0, &Device::Cpu).expect("m").reshape((3, 4)).expect("m").t().expect("t");
-    assert!(max_diff(&silu(&m).expect("silu"), &m.silu().expect("silu")) < 1e-5, "transposed view");
+    let m = Tensor::arange(0f32, 12.0, &Device::Cpu)
+        .expect("m")
+        .reshape((3, 4))
+        .expect("m")
+        .t()
+        .expect("t");
+    assert!(
+        max_diff(&silu(&m).expect("silu"), &m.silu().expect("silu")) < 1e-5,
+        "transposed view"
+    );
+}
+
+#[test]
+fn fused_bias_add_and_linear_match_candle_in_value_and_gradient() {
+    use candle_nn::Module as _;
+    use flowlab::model::ops::{add_bias, linear};
+    for (rows, n) in [(1usize, 1usize), (1, 7), (513, 3), (300, 257), (5000, 33)] {
+        let xv: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let bv: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - 0.3).collect();
+        let x = Var::from_vec(xv, (rows, n), &Device::Cpu).expect("x");
+        let b = Var::from_vec(bv, n, &Device::Cpu).expect("b");
+        let ours = add_bias(x.as_tensor(), b.as_tensor()).expect("fused");
+        let reference = x.as_tensor().broadcast_add(b.as_tensor()).expect("candle");
+        assert_eq!(max_diff(&ours, &reference), 0.0, "{rows}x{n}: value");
+        let w = Tensor::arange(0f32, (rows * n) as f32, &Device::Cpu)
+            .expect("w")
+            .reshape((rows, n))
+            .expect("w")
+            .affine(1e-3, -0.2)
+            .expect("w");
+        let g1 = (ours * &w)
+            .expect("mul")
+            .sum_all()
+            .expect("sum")
+            .backward()
+            .expect("grad");
+        let g2 = (reference * &w)
+            .expect("mul")
+            .sum_all()
+            .expect("sum")
+            .backward()
+            .expect("grad");
+        for v in [&x, &b] {
+            let (a, c) = (
+                g1.get(v.as_tensor()).expect("g"),
+                g2.get(v.as_tensor()).expect("g"),
+            );
+            let scale = crate::common::vals(c)
+                .iter()
+                .fold(1.0f64, |m, v| m.max(v.abs()));
+            assert!(max_diff(a, c) / scale < 1e-5, "{rows}x{n}: gradient");
+        }
+    }
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+    let layer = candle_nn::linear(5, 3, vb).expect("linear");
+    let x = Tensor::arange(0f32, 20.0, &Device::Cpu)
+        .expect("x")
+        .reshape((4, 5))
+        .expect("x");
+    assert!(
+        max_diff(
+            &linear(&x, &layer).expect("ours"),
+            &layer.forward(&x).expect("candle")
+        ) < 1e-5
+    );
 }
