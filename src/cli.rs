@@ -410,6 +410,12 @@ fn run_train(a: &TrainArgs) -> Result<()> {
     let mut save_error = None;
     let out = a.out.clone();
     let save_every = a.save_every.filter(|&s| s > 0);
+    // Ctrl-C stops between two steps; the checkpoint is saved below.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed)).ok();
+    }
     let result = {
         let mut on_step = |r: &crate::train::StepReport| {
             smooth = Some(smooth.map_or(r.loss, |s| 0.98 * s + 0.02 * r.loss));
@@ -424,7 +430,9 @@ fn run_train(a: &TrainArgs) -> Result<()> {
                 r.lr,
                 r.steps_per_sec
             ));
-            if save_every.is_some_and(|e| r.step.is_multiple_of(e)) {
+            if interrupted.load(std::sync::atomic::Ordering::Relaxed)
+                || save_every.is_some_and(|e| r.step.is_multiple_of(e))
+            {
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
@@ -436,6 +444,9 @@ fn run_train(a: &TrainArgs) -> Result<()> {
                         save_error = Some(e);
                         break Ok(());
                     }
+                    if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                        break Err(Error::Interrupted);
+                    }
                 }
                 Ok(crate::train::RunEnd::Finished) => break Ok(()),
                 Err(e) => break Err(e),
@@ -446,9 +457,17 @@ fn run_train(a: &TrainArgs) -> Result<()> {
     if let Some(e) = save_error {
         return Err(e);
     }
-    // Keep the last good state even when training diverged.
+    // Keep the last good state even when training diverged or was interrupted.
     Checkpoint::from_trainer(&tr)?.save(&a.out)?;
-    result?;
+    if let Err(e) = result {
+        eprintln!(
+            "saved the last good state (step {}) to {}; continue with --resume {}",
+            tr.step_count(),
+            a.out.display(),
+            a.out.display()
+        );
+        return Err(e);
+    }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "saved {} (step {}, {:.1} s)",

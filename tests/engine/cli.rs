@@ -299,3 +299,24 @@ fn shipped_moons_weights_sample_at_the_noise_floor() {
     );
     assert!(w2 < 2.0 * floor, "W2 {w2:.4} vs floor {floor:.4}");
 }
+
+/// Ctrl-C (SIGINT) stops training between two steps and saves a resumable checkpoint.
+#[test]
+fn ctrl_c_saves_a_resumable_checkpoint() {
+    let dir = temp_dir("cli-sigint");
+    let ck = dir.join("i.safetensors");
+    let child = Command::new(env!("CARGO_BIN_EXE_flowlab"))
+        .args(["train", "--steps", "10000000", "--width", "16", "--batch", "32", "--out", ck.to_str().expect("utf8")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an interrupted run exits non-zero");
+    assert!(stderr.contains("saved the last good state"), "{stderr}");
+    let meta = flowlab::checkpoint::Checkpoint::load(&ck, &candle_core::Device::Cpu).expect("load").meta;
+    assert!(meta.step > 0 && meta.step < 10_000_000, "step {}", meta.step);
+}
