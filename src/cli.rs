@@ -149,6 +149,9 @@ pub struct SampleArgs {
     /// Output: .csv (2D, header x,y), .png (scatter or image grid), .idx (images, u8).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write every solver step of every 2D sample as CSV `t,i,x,y` (trajectories).
+    #[arg(long)]
+    pub trajectory: Option<PathBuf>,
     /// Use the training weights even when EMA weights are stored.
     #[arg(long)]
     pub no_ema: bool,
@@ -531,13 +534,16 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     }
     let solver = solver_config(&a.solver, meta.config.solver)?;
     let started = Instant::now();
+    if image && a.trajectory.is_some() {
+        return Err(Error::config("--trajectory is for 2D datasets"));
+    }
     let s = sample(
         model.as_ref(),
         &meta.sample_shape,
         a.n,
         a.seed,
         &solver,
-        false,
+        a.trajectory.is_some(),
         &dev,
     )?;
     let secs = started.elapsed().as_secs_f64();
@@ -547,8 +553,8 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     match (ext.as_str(), image) {
         ("csv", _) => {
             let mut text = String::from("x,y\n");
-            for p in data.chunks_exact(2) {
-                text.push_str(&format!("{},{}\n", p[0], p[1]));
+            for [x, y] in data.as_chunks::<2>().0 {
+                text.push_str(&format!("{x},{y}\n"));
             }
             crate::fsutil::write_atomic(&a.out, text.as_bytes())?;
         }
@@ -568,6 +574,23 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
                 .collect();
             crate::data::idx::write_idx(&a.out, &[a.n, rows, cols], &bytes)?;
         }
+    }
+    if let Some(path) = &a.trajectory {
+        let mut text = String::from("t,i,x,y\n");
+        for (t, state) in s.times.iter().zip(&s.states) {
+            let mut state = state.clone();
+            meta.to_data_space(&mut state);
+            for (i, [x, y]) in state.as_chunks::<2>().0.iter().enumerate() {
+                text.push_str(&format!("{t},{i},{x},{y}\n"));
+            }
+        }
+        crate::fsutil::ensure_parent(path)?;
+        crate::fsutil::write_atomic(path, text.as_bytes())?;
+        println!(
+            "wrote {} states per sample to {}",
+            s.times.len(),
+            path.display()
+        );
     }
     println!(
         "wrote {} samples to {} ({}, NFE {}, {:.2} s)",

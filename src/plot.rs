@@ -11,20 +11,27 @@ use crate::{Error, Result};
 pub fn scatter_png(points: &[f32], reference: Option<&[f32]>, size: u32) -> RgbImage {
     let size = size.max(16);
     let mut img = RgbImage::from_pixel(size, size, Rgb([255, 255, 255]));
-    let all = points.iter().chain(reference.unwrap_or_default()).copied();
-    let (mut lo, mut hi) = ([f32::INFINITY; 2], [f32::NEG_INFINITY; 2]);
-    for (i, v) in all.enumerate() {
-        if v.is_finite() {
-            let a = i % 2;
-            lo[a] = lo[a].min(v);
-            hi[a] = hi[a].max(v);
+    let pairs = points
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .chain(reference.unwrap_or_default().as_chunks::<2>().0);
+    let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    );
+    for &[x, y] in pairs {
+        if x.is_finite() && y.is_finite() {
+            (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
         }
     }
-    if !(lo[0].is_finite() && lo[1].is_finite()) {
+    if !(x_lo.is_finite() && y_lo.is_finite()) {
         return img;
     }
-    let span = (hi[0] - lo[0]).max(hi[1] - lo[1]).max(1e-6) * 1.1;
-    let centre = [(hi[0] + lo[0]) / 2.0, (hi[1] + lo[1]) / 2.0];
+    let span = (x_hi - x_lo).max(y_hi - y_lo).max(1e-6) * 1.1;
+    let centre = [(x_hi + x_lo) / 2.0, (y_hi + y_lo) / 2.0];
     let s = size as f32;
     let mut dot = |p: &[f32], colour: Rgb<u8>, r: i64| {
         if let [x, y] = *p {

@@ -73,8 +73,8 @@ pub fn parse_idx(bytes: &[u8], name: &Path) -> Result<IdxU8> {
     };
     let mut dims = Vec::with_capacity(nd);
     let mut total: usize = 1;
-    for c in dim_bytes.chunks_exact(4) {
-        let d = u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize;
+    for c in dim_bytes.as_chunks::<4>().0 {
+        let d = u32::from_be_bytes(*c) as usize;
         dims.push(d);
         total = total
             .checked_mul(d)

@@ -219,13 +219,13 @@ impl Standardizer {
         let pts = toy.draw_n(Self::REFERENCE_POINTS, &mut rng);
         let n = Self::REFERENCE_POINTS as f64;
         let (mut sx, mut sy) = (0.0f64, 0.0f64);
-        for p in pts.chunks_exact(2) {
+        for p in pts.as_chunks::<2>().0 {
             sx += f64::from(p[0]);
             sy += f64::from(p[1]);
         }
         let (mx, my) = (sx / n, sy / n);
         let mut var = 0.0f64;
-        for p in pts.chunks_exact(2) {
+        for p in pts.as_chunks::<2>().0 {
             var += (f64::from(p[0]) - mx).powi(2) + (f64::from(p[1]) - my).powi(2);
         }
         let scale = (var / (2.0 * n)).sqrt().max(1e-6);
@@ -237,7 +237,7 @@ impl Standardizer {
 
     /// Maps flattened `(n, 2)` data-space points to model space in place.
     pub fn to_model(&self, xy: &mut [f32]) {
-        for p in xy.chunks_exact_mut(2) {
+        for p in xy.as_chunks_mut::<2>().0 {
             p[0] = (p[0] - self.mean[0]) / self.scale;
             p[1] = (p[1] - self.mean[1]) / self.scale;
         }
@@ -245,7 +245,7 @@ impl Standardizer {
 
     /// Maps flattened `(n, 2)` model-space points to data space in place.
     pub fn to_data(&self, xy: &mut [f32]) {
-        for p in xy.chunks_exact_mut(2) {
+        for p in xy.as_chunks_mut::<2>().0 {
             p[0] = p[0] * self.scale + self.mean[0];
             p[1] = p[1] * self.scale + self.mean[1];
         }

@@ -109,6 +109,7 @@ fn default_moons_training_reaches_the_noise_floor() {
     assert!(out.contains("NFE 20"), "{out}");
     let img = image::open(&png).expect("png");
     assert_eq!((img.width(), img.height()), (600, 600));
+    let traj = dir.join("traj.csv");
     let out = ok(&[
         "sample",
         "--checkpoint",
@@ -119,8 +120,25 @@ fn default_moons_training_reaches_the_noise_floor() {
         "100",
         "--out",
         csv_s,
+        "--trajectory",
+        traj.to_str().expect("utf8"),
     ]);
     assert!(out.contains("dopri5"), "{out}");
+    // Trajectories start at t = 0 (noise) and end at t = 1 with exactly the samples.
+    let text = std::fs::read_to_string(&traj).expect("trajectory");
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().expect("num")).collect())
+        .collect();
+    assert_eq!(rows.first().map(|r| r[0]), Some(0.0));
+    assert_eq!(rows.last().map(|r| r[0]), Some(1.0));
+    let last: Vec<f32> = rows
+        .iter()
+        .filter(|r| r[0] == 1.0)
+        .flat_map(|r| [r[2] as f32, r[3] as f32])
+        .collect();
+    assert_eq!(last, read_csv(&csv));
     // The image-only format is refused for 2D.
     let err = fails(&[
         "sample",
@@ -306,17 +324,36 @@ fn ctrl_c_saves_a_resumable_checkpoint() {
     let dir = temp_dir("cli-sigint");
     let ck = dir.join("i.safetensors");
     let child = Command::new(env!("CARGO_BIN_EXE_flowlab"))
-        .args(["train", "--steps", "10000000", "--width", "16", "--batch", "32", "--out", ck.to_str().expect("utf8")])
+        .args([
+            "train",
+            "--steps",
+            "10000000",
+            "--width",
+            "16",
+            "--batch",
+            "32",
+            "--out",
+            ck.to_str().expect("utf8"),
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an interrupted run exits non-zero");
     assert!(stderr.contains("saved the last good state"), "{stderr}");
-    let meta = flowlab::checkpoint::Checkpoint::load(&ck, &candle_core::Device::Cpu).expect("load").meta;
-    assert!(meta.step > 0 && meta.step < 10_000_000, "step {}", meta.step);
+    let meta = flowlab::checkpoint::Checkpoint::load(&ck, &candle_core::Device::Cpu)
+        .expect("load")
+        .meta;
+    assert!(
+        meta.step > 0 && meta.step < 10_000_000,
+        "step {}",
+        meta.step
+    );
 }
