@@ -1,9 +1,10 @@
 //! Training: the run configuration, AdamW, seeded parameter initialisation and
-//! the training loop.
+//! the training loop, and the background worker thread that runs it for the app.
 
 pub mod config;
 pub mod optim;
 pub mod trainer;
+pub mod worker;
 
 pub use config::{OptimizerConfig, TrainConfig};
 pub use optim::AdamW;

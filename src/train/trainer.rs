@@ -250,6 +250,15 @@ impl Trainer {
         Ok(())
     }
 
+    /// Sets the peak learning rate of the schedule (a live setting: takes effect at the next step).
+    pub fn set_peak_lr(&mut self, lr: f64) -> Result<()> {
+        let mut o = self.cfg.optimizer;
+        o.lr = lr;
+        o.validate()?;
+        self.cfg.optimizer = o;
+        Ok(())
+    }
+
     /// Steps completed.
     pub fn step_count(&self) -> u64 {
         self.step

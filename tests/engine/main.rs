@@ -9,3 +9,4 @@ mod flow;
 mod metrics;
 mod solver;
 mod train;
+mod worker;
