@@ -13,6 +13,8 @@
 //! **Time convention: t = 0 is noise (x_0 ~ N(0, I)), t = 1 is data (x_1).**
 //! Paths are x_t = alpha_t x_1 + sigma_t x_0 (Lipman et al., arXiv 2412.06264).
 
+#[cfg(feature = "gui")]
+pub mod app;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

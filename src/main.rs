@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory as _, Parser as _};
+use clap::Parser as _;
 use flowlab::cli::{Cli, run};
 
 // glibc's malloc returns large tensor buffers to the kernel and takes page faults
@@ -24,9 +24,7 @@ fn main() -> ExitCode {
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let cli = Cli::parse();
     let Some(cmd) = cli.command else {
-        Cli::command().print_help().ok();
-        println!();
-        return ExitCode::SUCCESS;
+        return open_app();
     };
     match run(&cmd) {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,4 +33,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// No subcommand: the desktop app (or the help, in a build without the GUI).
+#[cfg(feature = "gui")]
+fn open_app() -> ExitCode {
+    match flowlab::app::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// No subcommand: the desktop app (or the help, in a build without the GUI).
+#[cfg(not(feature = "gui"))]
+fn open_app() -> ExitCode {
+    use clap::CommandFactory as _;
+    Cli::command().print_help().ok();
+    println!();
+    ExitCode::SUCCESS
 }

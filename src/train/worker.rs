@@ -72,6 +72,13 @@ pub enum Command {
     Save(PathBuf),
     /// Replace the current run by a checkpoint's (weights, optimiser, config), paused.
     Load(PathBuf),
+    /// Like [`Command::Load`] from checkpoint bytes (e.g. the pretrained model in the binary).
+    LoadBytes {
+        /// Name shown in messages.
+        name: PathBuf,
+        /// The safetensors file's bytes.
+        bytes: Arc<[u8]>,
+    },
     /// End the thread.
     Shutdown,
 }
@@ -375,16 +382,24 @@ impl State {
             }
             Command::Load(path) => {
                 let ck = Checkpoint::load(&path, &self.device)?;
-                let tr = ck.into_trainer(&self.device, &path)?;
-                self.running = false;
-                self.trainer = None;
-                self.ready(tr);
-                self.outbox.push_back(Event::Loaded(path));
-                self.preview()?;
+                self.load(ck, path)?;
+            }
+            Command::LoadBytes { name, bytes } => {
+                let ck = Checkpoint::from_bytes(&bytes, &name, &self.device)?;
+                self.load(ck, name)?;
             }
             Command::Shutdown => {}
         }
         Ok(())
+    }
+
+    fn load(&mut self, ck: Checkpoint, path: PathBuf) -> Result<()> {
+        let tr = ck.into_trainer(&self.device, &path)?;
+        self.running = false;
+        self.trainer = None;
+        self.ready(tr);
+        self.outbox.push_back(Event::Loaded(path));
+        self.preview()
     }
 
     fn train_one(&mut self) -> Result<()> {

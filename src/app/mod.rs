@@ -1,0 +1,310 @@
+//! The FlowLab desktop app (eframe/egui). Views draw state and queue commands
+//! for the training worker; they never compute tensors.
+//!
+//! Layout: a top bar (run controls), a left settings panel, the central views
+//! (loss curve, flow at time t) and a bottom status bar.
+
+mod settings;
+mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::Device;
+
+use crate::train::worker::{Command, Event, LiveSettings, SampleSnapshot, Worker};
+use crate::train::{StepReport, TrainConfig};
+
+/// The pretrained moons model shown at start-up (made with the CLI; see the README).
+const PRETRAINED_MOONS: &[u8] = include_bytes!("../../weights/moons.safetensors");
+
+/// Longest time a frame spends taking worker events.
+const DRAIN_BUDGET: Duration = Duration::from_millis(4);
+
+/// Most loss points kept; older history is thinned to half when this is reached.
+const MAX_LOSS_POINTS: usize = 20_000;
+
+/// The app's state.
+pub struct FlowLabApp {
+    worker: Option<Worker>,
+    /// The settings being edited (applied on Train/Apply).
+    pub config: TrainConfig,
+    /// The config of the run the worker holds.
+    pub run_config: Option<TrainConfig>,
+    /// Live settings (solver, preview rate, lr).
+    pub live: LiveSettings,
+    /// (step, loss) of every reported step (thinned when long).
+    pub loss: Vec<[f64; 2]>,
+    /// (step, held-out loss).
+    pub held_out: Vec<[f64; 2]>,
+    /// The latest progress report.
+    pub last: Option<StepReport>,
+    /// The latest preview.
+    pub snapshot: Option<SampleSnapshot>,
+    /// The time shown in the flow view, 0 = noise, 1 = data.
+    pub t: f64,
+    /// Whether the worker is training.
+    pub running: bool,
+    /// Steps done by the current run.
+    pub step: u64,
+    /// Parameters of the current run's model.
+    pub param_count: usize,
+    /// One line for the person (what just happened or what went wrong).
+    pub status: String,
+    /// Whether `status` is an error.
+    pub status_is_error: bool,
+}
+
+impl FlowLabApp {
+    /// Builds the app and its worker; `repaint` wakes the GUI when events arrive.
+    pub fn new(repaint: Arc<dyn Fn() + Send + Sync>) -> Self {
+        let config = TrainConfig::default();
+        let live = LiveSettings::for_config(&config);
+        let (worker, status) = match Worker::spawn(Device::Cpu, repaint) {
+            Ok(w) => {
+                w.send(Command::SetLive(live)).ok();
+                w.send(Command::LoadBytes {
+                    name: "pretrained moons".into(),
+                    bytes: Arc::from(PRETRAINED_MOONS),
+                })
+                .ok();
+                (Some(w), "loading the pretrained moons model...".to_string())
+            }
+            Err(e) => (None, e.to_string()),
+        };
+        FlowLabApp {
+            worker,
+            config,
+            run_config: None,
+            live,
+            loss: Vec::new(),
+            held_out: Vec::new(),
+            last: None,
+            snapshot: None,
+            t: 1.0,
+            running: false,
+            step: 0,
+            param_count: 0,
+            status,
+            status_is_error: false,
+        }
+    }
+
+    /// Queues a command; a failure becomes the status message.
+    pub fn send(&mut self, cmd: Command) {
+        let result = match &self.worker {
+            Some(w) => w.send(cmd),
+            None => Err(crate::Error::config("the training thread is not running")),
+        };
+        if let Err(e) = result {
+            self.error(e.to_string());
+        }
+    }
+
+    fn error(&mut self, msg: String) {
+        self.status = msg;
+        self.status_is_error = true;
+    }
+
+    fn info(&mut self, msg: String) {
+        self.status = msg;
+        self.status_is_error = false;
+    }
+
+    /// Starts a fresh run with the edited settings.
+    pub fn train_new(&mut self) {
+        self.loss.clear();
+        self.held_out.clear();
+        self.last = None;
+        self.send(Command::SetLive(self.live));
+        self.send(Command::Start(Box::new(self.config.clone())));
+        self.running = true;
+        self.info("training...".into());
+    }
+
+    /// Play/pause: resumes the current run, or starts one when there is none
+    /// or the settings that need a reset changed.
+    pub fn toggle_training(&mut self) {
+        if self.running {
+            self.send(Command::Pause);
+            self.running = false;
+        } else if self.run_config.as_ref() == Some(&self.config) && self.step < self.config.steps {
+            self.send(Command::Resume);
+            self.running = true;
+        } else {
+            self.train_new();
+        }
+    }
+
+    /// Applies events from the worker (under a small time budget).
+    pub fn poll(&mut self) {
+        let events = match &self.worker {
+            Some(w) => w.drain(DRAIN_BUDGET),
+            None => return,
+        };
+        for e in events {
+            self.apply(e);
+        }
+    }
+
+    fn apply(&mut self, e: Event) {
+        match e {
+            Event::Ready {
+                config,
+                step,
+                param_count,
+            } => {
+                self.step = step;
+                self.param_count = param_count;
+                self.config = (*config).clone();
+                self.live.lr = config.optimizer.lr;
+                self.run_config = Some(*config);
+                if step == 0 {
+                    self.loss.clear();
+                    self.held_out.clear();
+                }
+            }
+            Event::Progress(reports) => {
+                for r in &reports {
+                    self.loss.push([r.step as f64, f64::from(r.loss)]);
+                    if let Some(h) = r.held_out_loss {
+                        self.held_out.push([r.step as f64, f64::from(h)]);
+                    }
+                }
+                if self.loss.len() > MAX_LOSS_POINTS {
+                    let half = self.loss.len() / 2;
+                    let old: Vec<[f64; 2]> = self.loss.drain(..half).step_by(2).collect();
+                    self.loss.splice(0..0, old);
+                }
+                if let Some(r) = reports.last() {
+                    self.step = r.step;
+                    self.last = Some(*r);
+                }
+            }
+            Event::Samples(s) => self.snapshot = Some(*s),
+            Event::Paused { step } => {
+                self.running = false;
+                self.info(format!("paused at step {step}"));
+            }
+            Event::Finished { step } => {
+                self.running = false;
+                self.info(format!("finished {step} steps"));
+            }
+            Event::Saved(p) => self.info(format!("saved {}", p.display())),
+            Event::Loaded(p) => self.info(format!("opened {}", p.display())),
+            Event::Error(msg) => {
+                self.running = false;
+                self.error(msg);
+            }
+        }
+    }
+
+    /// The whole window's contents.
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        self.poll();
+        if ui.input(|i| i.key_pressed(egui::Key::Space)) && !ui.ctx().egui_wants_keyboard_input() {
+            self.toggle_training();
+        }
+        egui::Panel::top("top_bar").show(ui, |ui| self.top_bar_ui(ui));
+        egui::Panel::bottom("status_bar").show(ui, |ui| self.status_bar_ui(ui));
+        egui::Panel::left("settings")
+            .resizable(true)
+            .default_size(280.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.settings_ui(ui));
+            });
+        egui::CentralPanel::default_margins().show(ui, |ui| self.views_ui(ui));
+    }
+
+    fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("FlowLab");
+            ui.separator();
+            let label = if self.running { "Pause" } else { "Train" };
+            if ui
+                .button(label)
+                .on_hover_text("Start or pause training (Space)")
+                .clicked()
+            {
+                self.toggle_training();
+            }
+            if ui
+                .button("Step 10")
+                .on_hover_text("Run 10 training steps, then pause")
+                .clicked()
+            {
+                self.send(Command::Step(10));
+                self.running = true;
+            }
+            if ui
+                .button("Reset")
+                .on_hover_text("Start over from fresh weights (same seed)")
+                .clicked()
+            {
+                self.send(Command::Reset);
+                self.running = false;
+            }
+            ui.separator();
+            let total = self
+                .run_config
+                .as_ref()
+                .map_or(self.config.steps, |c| c.steps);
+            let frac = (self.step as f32 / total.max(1) as f32).clamp(0.0, 1.0);
+            let mut text = format!("step {} / {}", self.step, total);
+            if let Some(r) = &self.last
+                && self.running
+                && r.steps_per_sec > 0.0
+            {
+                let eta = total.saturating_sub(self.step) as f64 / r.steps_per_sec;
+                text.push_str(&format!(
+                    "  {:.0} steps/s  {:.1} ms/step  ETA {:.0} s",
+                    r.steps_per_sec,
+                    1000.0 / r.steps_per_sec,
+                    eta
+                ));
+            }
+            ui.add(egui::ProgressBar::new(frac).text(text).desired_width(420.0));
+        });
+    }
+
+    fn status_bar_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            let color = if self.status_is_error {
+                ui.visuals().error_fg_color
+            } else {
+                ui.visuals().text_color()
+            };
+            ui.colored_label(color, &self.status);
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                ui.label(format!("{} parameters · CPU", self.param_count));
+            });
+        });
+    }
+}
+
+impl eframe::App for FlowLabApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        FlowLabApp::ui(self, ui);
+    }
+}
+
+/// Opens the FlowLab window and runs until it is closed.
+pub fn run() -> crate::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("FlowLab")
+            .with_inner_size([1280.0, 800.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "FlowLab",
+        options,
+        Box::new(|cc| {
+            let ctx = cc.egui_ctx.clone();
+            Ok(Box::new(FlowLabApp::new(Arc::new(move || {
+                ctx.request_repaint()
+            }))))
+        }),
+    )
+    .map_err(|e| crate::Error::config(format!("cannot open the window: {e}")))
+}
