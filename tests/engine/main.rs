@@ -1,6 +1,7 @@
 //! Integration tests of the FlowLab engine and CLI (one test binary, so the
 //! heavy dependencies are linked once). Run with `cargo test --release`.
 
+mod app;
 mod checkpoint;
 mod cli;
 mod common;
