@@ -7,12 +7,15 @@
 mod settings;
 mod views;
 
+pub use views::{Layers, LossView, Playback, density, smooth};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
 
-use crate::train::worker::{Command, Event, LiveSettings, SampleSnapshot, Worker};
+use crate::data::DatasetKind;
+use crate::train::worker::{Command, Event, FieldSnapshot, LiveSettings, SampleSnapshot, Worker};
 use crate::train::{StepReport, TrainConfig};
 
 /// The pretrained moons model shown at start-up (made with the CLI; see the README).
@@ -53,6 +56,21 @@ pub struct FlowLabApp {
     pub status: String,
     /// Whether `status` is an error.
     pub status_is_error: bool,
+    /// Which layers the flow view draws.
+    pub layers: Layers,
+    /// Loss-view options.
+    pub loss_view: LossView,
+    /// Time-slider playback.
+    pub playback: Playback,
+    /// The latest velocity field from the worker.
+    pub field: Option<FieldSnapshot>,
+    field_pending: bool,
+    field_step: u64,
+    /// Target data points (data space) of the current run's dataset.
+    pub data_points: Vec<[f64; 2]>,
+    data_for: Option<DatasetKind>,
+    /// Data-space bounds of the flow view `[x_min, x_max, y_min, y_max]`.
+    pub view_bounds: [f64; 4],
 }
 
 impl FlowLabApp {
@@ -87,6 +105,15 @@ impl FlowLabApp {
             param_count: 0,
             status,
             status_is_error: false,
+            layers: Layers::default(),
+            loss_view: LossView::default(),
+            playback: Playback::default(),
+            field: None,
+            field_pending: false,
+            field_step: 0,
+            data_points: Vec::new(),
+            data_for: None,
+            view_bounds: [-3.0, 3.0, -3.0, 3.0],
         }
     }
 
@@ -182,6 +209,10 @@ impl FlowLabApp {
                 }
             }
             Event::Samples(s) => self.snapshot = Some(*s),
+            Event::Field(f) => {
+                self.field_pending = false;
+                self.field = Some(*f);
+            }
             Event::Paused { step } => {
                 self.running = false;
                 self.info(format!("paused at step {step}"));
@@ -194,6 +225,7 @@ impl FlowLabApp {
             Event::Loaded(p) => self.info(format!("opened {}", p.display())),
             Event::Error(msg) => {
                 self.running = false;
+                self.field_pending = false;
                 self.error(msg);
             }
         }

@@ -1,8 +1,100 @@
-//! The central views: the loss curve and the flow at time t.
+//! The central views: the loss curve and the flow at time t. They draw what
+//! the app state holds and queue worker commands; they compute no tensors.
 
-use egui_plot::{Legend, Line, Plot, Points};
+use egui::Color32;
+use egui_plot::{Arrows, Heatmap, Legend, Line, Plot, PlotPoint, Points};
 
 use super::FlowLabApp;
+use crate::train::worker::Command;
+
+/// Trajectories drawn (the first particles of the preview batch).
+const MAX_TRAJECTORIES: usize = 150;
+/// Velocity-field grid points per axis.
+const FIELD_GRID: usize = 17;
+/// Density heat-map cells per axis.
+const DENSITY_GRID: usize = 48;
+
+/// Which layers the flow view draws.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Layers {
+    /// The preview particles at time t.
+    pub particles: bool,
+    /// Each particle's path from t = 0 up to t.
+    pub trajectories: bool,
+    /// Arrows of v(x, t) on a grid.
+    pub field: bool,
+    /// Points of the target data.
+    pub data: bool,
+    /// A heat-map of the particles' density at t.
+    pub density: bool,
+}
+
+impl Default for Layers {
+    fn default() -> Self {
+        Layers {
+            particles: true,
+            trajectories: false,
+            field: false,
+            data: false,
+            density: false,
+        }
+    }
+}
+
+/// Loss-view options.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossView {
+    /// EMA smoothing factor of the bright curve, in [0, 0.999].
+    pub smoothing: f64,
+    /// Plot log10 of the loss.
+    pub log_y: bool,
+    /// Show only the most recent this many steps (0: the whole history).
+    pub window: u64,
+}
+
+impl Default for LossView {
+    fn default() -> Self {
+        LossView {
+            smoothing: 0.9,
+            log_y: false,
+            window: 0,
+        }
+    }
+}
+
+/// Time-slider playback.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Playback {
+    /// Whether t is advancing.
+    pub playing: bool,
+    /// Start again from t = 0 at the end.
+    pub looping: bool,
+    /// Units of t per second.
+    pub speed: f64,
+}
+
+impl Default for Playback {
+    fn default() -> Self {
+        Playback {
+            playing: false,
+            looping: true,
+            speed: 0.5,
+        }
+    }
+}
+
+/// Exponential moving average of `points`' y values (`alpha` = weight of the past).
+pub fn smooth(points: &[[f64; 2]], alpha: f64) -> Vec<[f64; 2]> {
+    let mut acc: Option<f64> = None;
+    points
+        .iter()
+        .map(|&[x, y]| {
+            let s = acc.map_or(y, |a| alpha * a + (1.0 - alpha) * y);
+            acc = Some(s);
+            [x, s]
+        })
+        .collect()
+}
 
 impl FlowLabApp {
     pub(super) fn views_ui(&mut self, ui: &mut egui::Ui) {
@@ -11,34 +103,216 @@ impl FlowLabApp {
         ui.horizontal(|ui| {
             ui.vertical(|ui| {
                 ui.set_width(width * 0.38);
-                ui.label("Loss");
-                Plot::new("loss_plot")
-                    .legend(Legend::default())
-                    .height(height - 30.0)
-                    .show(ui, |p| {
-                        p.line(Line::new("training loss", self.loss.clone()));
-                        p.line(Line::new("held-out loss", self.held_out.clone()));
-                    });
+                self.loss_ui(ui, height);
             });
-            ui.vertical(|ui| {
-                ui.label("Flow: samples at time t");
-                Plot::new("flow_plot")
-                    .data_aspect(1.0)
-                    .legend(Legend::default())
-                    .height(height - 60.0)
-                    .show(ui, |p| {
-                        if let Some(pts) = self.particles_at_t() {
-                            p.points(Points::new("samples at t", pts).radius(1.5));
-                        }
-                    });
-                ui.add(
-                    egui::Slider::new(&mut self.t, 0.0..=1.0)
-                        .text("t (noise -> data)")
-                        .fixed_decimals(2),
-                )
-                .on_hover_text("Scrub the flow from noise (t = 0) to data (t = 1)");
-            });
+            ui.vertical(|ui| self.flow_ui(ui, height));
         });
+    }
+
+    fn loss_ui(&mut self, ui: &mut egui::Ui, height: f32) {
+        ui.horizontal(|ui| {
+            ui.label("Loss");
+            ui.add(egui::Slider::new(&mut self.loss_view.smoothing, 0.0..=0.999).text("smoothing"))
+                .on_hover_text("Weight of the past in the bright, smoothed curve");
+            ui.checkbox(&mut self.loss_view.log_y, "log y")
+                .on_hover_text("Logarithmic loss axis");
+            egui::ComboBox::from_id_salt("loss_window")
+                .selected_text(if self.loss_view.window == 0 { "all steps".to_string() } else { format!("last {}", self.loss_view.window) })
+                .show_ui(ui, |ui| {
+                    for w in [0u64, 500, 2000, 10_000] {
+                        let label = if w == 0 { "all steps".to_string() } else { format!("last {w}") };
+                        ui.selectable_value(&mut self.loss_view.window, w, label);
+                    }
+                })
+                .response
+                .on_hover_text("Show the whole history or only recent steps");
+        });
+        let v = self.loss_view;
+        let from = if v.window == 0 { 0.0 } else { self.step.saturating_sub(v.window) as f64 };
+        let prep = |pts: &[[f64; 2]]| -> Vec<[f64; 2]> {
+            pts.iter()
+                .filter(|p| p[0] >= from && p[1] > 0.0)
+                .map(|&[x, y]| [x, if v.log_y { y.log10() } else { y }])
+                .collect()
+        };
+        let raw = prep(&self.loss);
+        let smoothed = smooth(&raw, v.smoothing);
+        let held = prep(&self.held_out);
+        let log_y = v.log_y;
+        Plot::new("loss_plot")
+            .legend(Legend::default())
+            .height(height - 36.0)
+            .y_axis_formatter(move |mark, _| {
+                if log_y { format!("{:.3}", 10f64.powf(mark.value)) } else { format!("{:.3}", mark.value) }
+            })
+            .show(ui, |p| {
+                p.line(Line::new("loss (raw)", raw).color(Color32::from_rgba_unmultiplied(230, 120, 120, 60)));
+                p.line(Line::new("loss (smoothed)", smoothed).color(Color32::from_rgb(240, 110, 110)).width(2.0));
+                p.line(Line::new("held-out loss", held).color(Color32::from_rgb(100, 160, 240)).width(2.0));
+            });
+    }
+
+    fn flow_ui(&mut self, ui: &mut egui::Ui, height: f32) {
+        ui.horizontal(|ui| {
+            ui.label("Flow at time t");
+            ui.checkbox(&mut self.layers.particles, "particles").on_hover_text("The samples at time t");
+            ui.checkbox(&mut self.layers.trajectories, "trajectories")
+                .on_hover_text("Each sample's path from noise (t = 0) up to t");
+            ui.checkbox(&mut self.layers.field, "velocity field").on_hover_text("Arrows of v(x, t) on a grid at time t");
+            ui.checkbox(&mut self.layers.data, "data").on_hover_text("The target distribution");
+            ui.checkbox(&mut self.layers.density, "density").on_hover_text("Heat-map of the samples' density at t");
+        });
+        self.ensure_data_points();
+        self.request_field();
+        let bounds = self.view_bounds;
+        let pts_t = self.particles_at_t();
+        Plot::new("flow_plot")
+            .data_aspect(1.0)
+            .legend(Legend::default())
+            .height(height - 64.0)
+            .include_x(bounds[0])
+            .include_x(bounds[1])
+            .include_y(bounds[2])
+            .include_y(bounds[3])
+            .show(ui, |p| {
+                if self.layers.density
+                    && let Some(pts) = &pts_t
+                {
+                    let (vals, cols) = density(pts, bounds, DENSITY_GRID);
+                    p.heatmap(
+                        Heatmap::new(vals, cols)
+                            .at(PlotPoint::new(bounds[0], bounds[2]))
+                            .size((bounds[1] - bounds[0]) as f32, (bounds[3] - bounds[2]) as f32)
+                            .show_labels(false)
+                            .name("density"),
+                    );
+                }
+                if self.layers.data {
+                    p.points(Points::new("data", self.data_points.clone()).radius(1.0).color(Color32::from_gray(150)));
+                }
+                if self.layers.trajectories {
+                    for line in self.trajectories_to_t() {
+                        p.line(Line::new("trajectories", line).color(Color32::from_rgba_unmultiplied(120, 200, 255, 90)));
+                    }
+                }
+                if self.layers.field
+                    && let Some(f) = &self.field
+                {
+                    let max = f.vectors.iter().map(|[a, b]| (a * a + b * b).sqrt()).fold(1e-6f32, f32::max);
+                    let cell = ((bounds[1] - bounds[0]) / FIELD_GRID as f64) as f32;
+                    let k = 0.9 * cell / max;
+                    let origins: Vec<[f64; 2]> = f.points.iter().map(|&[x, y]| [f64::from(x), f64::from(y)]).collect();
+                    let tips: Vec<[f64; 2]> = f
+                        .points
+                        .iter()
+                        .zip(&f.vectors)
+                        .map(|(&[x, y], &[a, b])| [f64::from(x + k * a), f64::from(y + k * b)])
+                        .collect();
+                    p.arrows(Arrows::new("velocity field", origins, tips).color(Color32::from_rgb(250, 200, 80)));
+                }
+                if self.layers.particles
+                    && let Some(pts) = pts_t
+                {
+                    p.points(Points::new("samples at t", pts).radius(1.5).color(Color32::from_rgb(240, 90, 90)));
+                }
+            });
+        ui.horizontal(|ui| {
+            let label = if self.playback.playing { "Stop" } else { "Play" };
+            if ui.button(label).on_hover_text("Animate t from noise to data").clicked() {
+                self.playback.playing = !self.playback.playing;
+                if self.playback.playing && self.t >= 1.0 {
+                    self.t = 0.0;
+                }
+            }
+            ui.checkbox(&mut self.playback.looping, "loop");
+            ui.add(egui::Slider::new(&mut self.playback.speed, 0.05..=2.0).logarithmic(true).text("speed"))
+                .on_hover_text("Units of t per second");
+            ui.add(egui::Slider::new(&mut self.t, 0.0..=1.0).text("t (noise -> data)").fixed_decimals(2))
+                .on_hover_text("Scrub the flow from noise (t = 0) to data (t = 1); keys: Left/Right, Home/End");
+        });
+        self.advance_playback(ui);
+    }
+
+    fn advance_playback(&mut self, ui: &egui::Ui) {
+        let (dt, keys) = ui.input(|i| {
+            (
+                f64::from(i.stable_dt.min(0.1)),
+                [
+                    i.key_pressed(egui::Key::ArrowLeft),
+                    i.key_pressed(egui::Key::ArrowRight),
+                    i.key_pressed(egui::Key::Home),
+                    i.key_pressed(egui::Key::End),
+                ],
+            )
+        });
+        if !ui.ctx().egui_wants_keyboard_input() {
+            let [left, right, home, end] = keys;
+            if left {
+                self.t = (self.t - 0.02).max(0.0);
+            }
+            if right {
+                self.t = (self.t + 0.02).min(1.0);
+            }
+            if home {
+                self.t = 0.0;
+            }
+            if end {
+                self.t = 1.0;
+            }
+        }
+        if self.playback.playing {
+            self.t += self.playback.speed * dt;
+            if self.t >= 1.0 {
+                if self.playback.looping {
+                    self.t = 0.0;
+                } else {
+                    self.t = 1.0;
+                    self.playback.playing = false;
+                }
+            }
+            ui.ctx().request_repaint();
+        }
+    }
+
+    /// Asks the worker for v(x, t) when the field layer is on and the shown one is stale.
+    fn request_field(&mut self) {
+        if !self.layers.field || self.field_pending || self.run_config.is_none() {
+            return;
+        }
+        let step = self.snapshot.as_ref().map_or(0, |s| s.step);
+        let fresh = self.field.as_ref().is_some_and(|f| (f.t - self.t).abs() < 1e-3) && self.field_step == step;
+        if !fresh {
+            self.field_pending = true;
+            self.field_step = step;
+            self.send(Command::Field {
+                t: self.t,
+                n: FIELD_GRID,
+                bounds: self.view_bounds,
+            });
+        }
+    }
+
+    /// Target data points and view bounds for the current dataset (cached).
+    fn ensure_data_points(&mut self) {
+        let Some(cfg) = &self.run_config else {
+            return;
+        };
+        if self.data_for.as_ref() == Some(&cfg.dataset) {
+            return;
+        }
+        self.data_for = Some(cfg.dataset.clone());
+        self.data_points.clear();
+        if let crate::data::DatasetKind::Toy2d { toy } = &cfg.dataset {
+            let mut rng = crate::rng::stream_rng(0, crate::rng::Stream::Eval, 0);
+            let pts = toy.draw_n(1500, &mut rng);
+            self.data_points = pts.as_chunks::<2>().0.iter().map(|&[x, y]| [f64::from(x), f64::from(y)]).collect();
+            let (mut b0, mut b1, mut b2, mut b3) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+            for &[x, y] in &self.data_points {
+                (b0, b1, b2, b3) = (b0.min(x), b1.max(x), b2.min(y), b3.max(y));
+            }
+            let (mx, my) = (0.25 * (b1 - b0), 0.25 * (b3 - b2));
+            self.view_bounds = [b0 - mx, b1 + mx, b2 - my, b3 + my];
+        }
     }
 
     /// The preview particles at time `t`, linearly interpolated between solver states.
@@ -47,18 +321,8 @@ impl FlowLabApp {
         if s.sample_shape != [2] {
             return None;
         }
-        let k = s
-            .times
-            .iter()
-            .position(|&u| u >= self.t)
-            .unwrap_or(s.times.len().saturating_sub(1));
-        let (hi, lo) = (s.states.get(k)?, s.states.get(k.saturating_sub(1))?);
-        let (t_hi, t_lo) = (*s.times.get(k)?, *s.times.get(k.saturating_sub(1))?);
-        let w = if t_hi > t_lo {
-            ((self.t - t_lo) / (t_hi - t_lo)).clamp(0.0, 1.0)
-        } else {
-            1.0
-        };
+        let (k, w) = self.bracket(&s.times)?;
+        let (lo, hi) = (s.states.get(k.saturating_sub(1))?, s.states.get(k)?);
         Some(
             lo.as_chunks::<2>()
                 .0
@@ -71,4 +335,55 @@ impl FlowLabApp {
                 .collect(),
         )
     }
+
+    /// The index k of the first state at or after `t` and the weight of state k
+    /// against state k − 1.
+    fn bracket(&self, times: &[f64]) -> Option<(usize, f64)> {
+        let last = times.len().checked_sub(1)?;
+        let k = times.iter().position(|&u| u >= self.t).unwrap_or(last);
+        let (t_hi, t_lo) = (*times.get(k)?, *times.get(k.saturating_sub(1))?);
+        let w = if t_hi > t_lo { ((self.t - t_lo) / (t_hi - t_lo)).clamp(0.0, 1.0) } else { 1.0 };
+        Some((k, w))
+    }
+
+    /// Paths of the first particles from t = 0 up to `t`.
+    pub fn trajectories_to_t(&self) -> Vec<Vec<[f64; 2]>> {
+        let (Some(s), Some(now)) = (self.snapshot.as_ref(), self.particles_at_t()) else {
+            return Vec::new();
+        };
+        let Some((k, _)) = self.bracket(&s.times) else {
+            return Vec::new();
+        };
+        (0..now.len().min(MAX_TRAJECTORIES))
+            .map(|i| {
+                let mut line: Vec<[f64; 2]> = s
+                    .states
+                    .iter()
+                    .take(k)
+                    .filter_map(|st| st.get(2 * i..).and_then(|r| r.first_chunk::<2>()))
+                    .map(|&[x, y]| [f64::from(x), f64::from(y)])
+                    .collect();
+                if let Some(p) = now.get(i) {
+                    line.push(*p);
+                }
+                line
+            })
+            .collect()
+    }
+}
+
+/// A `(n x n)` histogram of `pts` over `bounds`, rows from the bottom; returns (values, columns).
+pub fn density(pts: &[[f64; 2]], bounds: [f64; 4], n: usize) -> (Vec<f64>, usize) {
+    let mut v = vec![0.0; n * n];
+    let [x0, x1, y0, y1] = bounds;
+    for &[x, y] in pts {
+        let i = ((x - x0) / (x1 - x0) * n as f64).floor();
+        let j = ((y - y0) / (y1 - y0) * n as f64).floor();
+        if (0.0..n as f64).contains(&i) && (0.0..n as f64).contains(&j)
+            && let Some(c) = v.get_mut(j as usize * n + i as usize)
+        {
+            *c += 1.0;
+        }
+    }
+    (v, n)
 }

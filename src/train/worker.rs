@@ -79,8 +79,29 @@ pub enum Command {
         /// The safetensors file's bytes.
         bytes: Arc<[u8]>,
     },
+    /// Evaluate the velocity field v(x, t) of the sampling model on a grid
+    /// (2D data only), answered by [`Event::Field`].
+    Field {
+        /// The time.
+        t: f64,
+        /// Grid points per axis.
+        n: usize,
+        /// Data-space bounds `[x_min, x_max, y_min, y_max]`.
+        bounds: [f64; 4],
+    },
     /// End the thread.
     Shutdown,
+}
+
+/// The velocity field on a grid, in data space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldSnapshot {
+    /// The time.
+    pub t: f64,
+    /// Grid points.
+    pub points: Vec<[f32; 2]>,
+    /// v(x, t) at each point, in data units per unit time.
+    pub vectors: Vec<[f32; 2]>,
 }
 
 /// Preview samples: the fixed-noise batch integrated from t = 0 to t = 1.
@@ -114,6 +135,8 @@ pub enum Event {
     Progress(Vec<StepReport>),
     /// A fresh preview.
     Samples(Box<SampleSnapshot>),
+    /// The velocity field asked for by [`Command::Field`].
+    Field(Box<FieldSnapshot>),
     /// Training stopped stepping (pause, end of a Step(N), or the step limit).
     Paused {
         /// Steps done.
@@ -388,9 +411,37 @@ impl State {
                 let ck = Checkpoint::from_bytes(&bytes, &name, &self.device)?;
                 self.load(ck, name)?;
             }
+            Command::Field { t, n, bounds } => {
+                let f = self.field(t, n, bounds)?;
+                self.outbox.push_back(Event::Field(Box::new(f)));
+            }
             Command::Shutdown => {}
         }
         Ok(())
+    }
+
+    fn field(&mut self, t: f64, n: usize, [x0, x1, y0, y1]: [f64; 4]) -> Result<FieldSnapshot> {
+        let tr = self.trainer()?;
+        let Some(std) = tr.dataset().standardizer() else {
+            return Err(Error::config("the velocity field view is for 2D data"));
+        };
+        let n = n.clamp(2, 128);
+        let mut points = Vec::with_capacity(n * n);
+        for j in 0..n {
+            for i in 0..n {
+                let fx = x0 + (x1 - x0) * i as f64 / (n - 1) as f64;
+                let fy = y0 + (y1 - y0) * j as f64 / (n - 1) as f64;
+                points.push([fx as f32, fy as f32]);
+            }
+        }
+        let mut model_xy: Vec<f32> = points.iter().flatten().copied().collect();
+        std.to_model(&mut model_xy);
+        let x = candle_core::Tensor::from_vec(model_xy, (n * n, 2), tr.device())?;
+        let tt = candle_core::Tensor::full(t as f32, n * n, tr.device())?;
+        let v = tr.sampling_model().velocity(&x, &tt)?.flatten_all()?.to_vec1::<f32>()?;
+        // Velocities scale like positions: data units = model units × scale.
+        let vectors = v.as_chunks::<2>().0.iter().map(|[a, b]| [a * std.scale, b * std.scale]).collect();
+        Ok(FieldSnapshot { t, points, vectors })
     }
 
     fn load(&mut self, ck: Checkpoint, path: PathBuf) -> Result<()> {

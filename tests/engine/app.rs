@@ -72,3 +72,52 @@ fn starts_on_the_pretrained_flow_trains_pauses_and_scrubs_time() {
     let at_zero = h.state().particles_at_t().expect("particles");
     assert_ne!(at_one, at_zero);
 }
+
+#[test]
+fn layers_velocity_field_keys_and_playback() {
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| a.snapshot.is_some() && a.step == 4000);
+    assert!(!h.state().data_points.is_empty(), "the target data is cached for the data layer");
+    // Keys move t: Home = noise, End = data, arrows in steps of 0.02.
+    h.key_press(egui::Key::Home);
+    h.step();
+    assert_eq!(h.state().t, 0.0);
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    assert!((h.state().t - 0.02).abs() < 1e-12, "t = {}", h.state().t);
+    h.key_press(egui::Key::End);
+    h.step();
+    assert_eq!(h.state().t, 1.0);
+    // The velocity field layer asks the worker for v(x, t) on a 17x17 grid.
+    h.get_by_label("velocity field").click();
+    step_until(&mut h, "the velocity field", |a| a.field.is_some());
+    let f = h.state().field.clone().expect("field");
+    assert_eq!((f.points.len(), f.vectors.len()), (17 * 17, 17 * 17));
+    assert_eq!(f.t, 1.0);
+    assert!(f.vectors.iter().all(|v| v[0].is_finite() && v[1].is_finite()));
+    // Trajectories up to t = 0.5 end at the particles at t = 0.5.
+    h.state_mut().t = 0.5;
+    let ends: Vec<[f64; 2]> = h.state().trajectories_to_t().iter().filter_map(|l| l.last().copied()).collect();
+    let now = h.state().particles_at_t().expect("particles");
+    assert_eq!(ends.as_slice(), &now[..ends.len()]);
+    step_until(&mut h, "the field at t = 0.5", |a| a.field.as_ref().is_some_and(|f| f.t == 0.5));
+    // Play advances t.
+    h.get_by_label("Play").click();
+    let t0 = h.state().t;
+    for _ in 0..5 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(h.state().t != t0, "t should move while playing");
+}
+
+#[test]
+fn loss_smoothing_and_density_helpers() {
+    use flowlab::app::{density, smooth};
+    let pts = [[0.0, 1.0], [1.0, 3.0], [2.0, 3.0]];
+    assert_eq!(smooth(&pts, 0.0), pts.to_vec());
+    assert_eq!(smooth(&pts, 0.5), vec![[0.0, 1.0], [1.0, 2.0], [2.0, 2.5]]);
+    let (v, cols) = density(&[[0.1, 0.1], [0.9, 0.9], [0.95, 0.8], [5.0, 5.0]], [0.0, 1.0, 0.0, 1.0], 2);
+    assert_eq!(cols, 2);
+    assert_eq!(v, vec![1.0, 0.0, 0.0, 2.0], "bottom-left, then the top-right cell; outside points ignored");
+}
