@@ -6,57 +6,69 @@ use image::{ImageBuffer, Luma, Rgb, RgbImage};
 
 use crate::{Error, Result};
 
-/// Renders flattened `(n, 2)` points as a `size x size` scatter plot, with
-/// optional `reference` points drawn underneath in grey. Bounds cover both sets.
-pub fn scatter_png(points: &[f32], reference: Option<&[f32]>, size: u32) -> RgbImage {
-    let size = size.max(16);
-    let mut img = RgbImage::from_pixel(size, size, Rgb([255, 255, 255]));
-    let pairs = points
-        .as_chunks::<2>()
-        .0
-        .iter()
-        .chain(reference.unwrap_or_default().as_chunks::<2>().0);
+/// Bounds `[x_lo, x_hi, y_lo, y_hi]` of the finite points among `sets` (flattened `(n, 2)`).
+fn bounds_of(sets: &[&[f32]]) -> Option<[f32; 4]> {
     let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (
         f32::INFINITY,
         f32::NEG_INFINITY,
         f32::INFINITY,
         f32::NEG_INFINITY,
     );
-    for &[x, y] in pairs {
-        if x.is_finite() && y.is_finite() {
-            (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
+    for set in sets {
+        for &[x, y] in set.as_chunks::<2>().0 {
+            if x.is_finite() && y.is_finite() {
+                (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
+            }
         }
     }
-    if !(x_lo.is_finite() && y_lo.is_finite()) {
+    x_lo.is_finite().then_some([x_lo, x_hi, y_lo, y_hi])
+}
+
+/// Draws `points` (blue) over `reference` (grey) into a white `size x size` image
+/// whose square view covers `bounds` with a 5% margin.
+fn render_scatter(
+    points: &[f32],
+    reference: &[f32],
+    bounds: Option<[f32; 4]>,
+    size: u32,
+) -> RgbImage {
+    let size = size.max(16);
+    let mut img = RgbImage::from_pixel(size, size, Rgb([255, 255, 255]));
+    let Some([x_lo, x_hi, y_lo, y_hi]) = bounds else {
         return img;
-    }
+    };
     let span = (x_hi - x_lo).max(y_hi - y_lo).max(1e-6) * 1.1;
     let centre = [(x_hi + x_lo) / 2.0, (y_hi + y_lo) / 2.0];
     let s = size as f32;
-    let mut dot = |p: &[f32], colour: Rgb<u8>, r: i64| {
-        if let [x, y] = *p {
-            let px = ((x - centre[0]) / span + 0.5) * s;
-            let py = (0.5 - (y - centre[1]) / span) * s;
-            if !(px.is_finite() && py.is_finite()) {
-                return;
-            }
-            for dx in -r..=r {
-                for dy in -r..=r {
-                    let (qx, qy) = (px as i64 + dx, py as i64 + dy);
-                    if (0..i64::from(size)).contains(&qx) && (0..i64::from(size)).contains(&qy) {
-                        img.put_pixel(qx as u32, qy as u32, colour);
-                    }
+    let mut dot = |x: f32, y: f32, colour: Rgb<u8>| {
+        let px = ((x - centre[0]) / span + 0.5) * s;
+        let py = (0.5 - (y - centre[1]) / span) * s;
+        if !(px.is_finite() && py.is_finite()) {
+            return;
+        }
+        for dx in -1i64..=1 {
+            for dy in -1i64..=1 {
+                let (qx, qy) = (px as i64 + dx, py as i64 + dy);
+                if (0..i64::from(size)).contains(&qx) && (0..i64::from(size)).contains(&qy) {
+                    img.put_pixel(qx as u32, qy as u32, colour);
                 }
             }
         }
     };
-    for p in reference.unwrap_or_default().chunks_exact(2) {
-        dot(p, Rgb([200, 200, 200]), 1);
+    for &[x, y] in reference.as_chunks::<2>().0 {
+        dot(x, y, Rgb([200, 200, 200]));
     }
-    for p in points.chunks_exact(2) {
-        dot(p, Rgb([31, 119, 180]), 1);
+    for &[x, y] in points.as_chunks::<2>().0 {
+        dot(x, y, Rgb([31, 119, 180]));
     }
     img
+}
+
+/// Renders flattened `(n, 2)` points as a `size x size` scatter plot, with
+/// optional `reference` points drawn underneath in grey. Bounds cover both sets.
+pub fn scatter_png(points: &[f32], reference: Option<&[f32]>, size: u32) -> RgbImage {
+    let reference = reference.unwrap_or_default();
+    render_scatter(points, reference, bounds_of(&[points, reference]), size)
 }
 
 /// Tiles `n` greyscale images of `rows x cols` pixels (values 0-255, flattened
@@ -99,4 +111,33 @@ where
     img.write_to(&mut buf, image::ImageFormat::Png)
         .map_err(|e| Error::config(format!("cannot encode PNG {}: {e}", path.display())))?;
     crate::fsutil::write_atomic(path, buf.get_ref())
+}
+
+/// Encodes a t-sweep of a 2D flow as an endlessly looping animated GIF.
+/// `frames` holds flattened `(n, 2)` point sets (e.g. the particles at evenly
+/// spaced times), drawn over `reference` with bounds shared by all frames.
+pub fn sweep_gif(
+    frames: &[Vec<f32>],
+    reference: &[f32],
+    size: u32,
+    delay_ms: u32,
+) -> Result<Vec<u8>> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let gif_err = |e: image::ImageError| Error::config(format!("cannot encode GIF: {e}"));
+    let mut sets: Vec<&[f32]> = frames.iter().map(Vec::as_slice).collect();
+    sets.push(reference);
+    let bounds = bounds_of(&sets);
+    let mut out = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
+        enc.set_repeat(Repeat::Infinite).map_err(gif_err)?;
+        for pts in frames {
+            let rgba = image::DynamicImage::ImageRgb8(render_scatter(pts, reference, bounds, size))
+                .into_rgba8();
+            let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
+            enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
+                .map_err(gif_err)?;
+        }
+    }
+    Ok(out)
 }

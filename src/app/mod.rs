@@ -4,6 +4,7 @@
 //! Layout: a top bar (run controls), a left settings panel, the central views
 //! (loss curve, flow at time t) and a bottom status bar.
 
+mod files;
 mod settings;
 mod views;
 
@@ -30,6 +31,10 @@ const MAX_LOSS_POINTS: usize = 20_000;
 /// The app's state.
 pub struct FlowLabApp {
     worker: Option<Worker>,
+    dialog: Option<files::Dialog>,
+    repaint: Arc<dyn Fn() + Send + Sync>,
+    /// Whether the "start a new run?" question is showing.
+    pub confirm_new_run: bool,
     /// The settings being edited (applied on Train/Apply).
     pub config: TrainConfig,
     /// The config of the run the worker holds.
@@ -78,7 +83,7 @@ impl FlowLabApp {
     pub fn new(repaint: Arc<dyn Fn() + Send + Sync>) -> Self {
         let config = TrainConfig::default();
         let live = LiveSettings::for_config(&config);
-        let (worker, status) = match Worker::spawn(Device::Cpu, repaint) {
+        let (worker, status) = match Worker::spawn(Device::Cpu, repaint.clone()) {
             Ok(w) => {
                 w.send(Command::SetLive(live)).ok();
                 w.send(Command::LoadBytes {
@@ -92,6 +97,9 @@ impl FlowLabApp {
         };
         FlowLabApp {
             worker,
+            dialog: None,
+            repaint,
+            confirm_new_run: false,
             config,
             run_config: None,
             live,
@@ -158,6 +166,9 @@ impl FlowLabApp {
         } else if self.run_config.as_ref() == Some(&self.config) && self.step < self.config.steps {
             self.send(Command::Resume);
             self.running = true;
+        } else if self.run_config.is_some() {
+            // Settings that need a new run changed: ask before discarding the model.
+            self.confirm_new_run = true;
         } else {
             self.train_new();
         }
@@ -234,6 +245,9 @@ impl FlowLabApp {
     /// The whole window's contents.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         self.poll();
+        self.poll_dialog();
+        self.file_input(ui);
+        self.confirm_ui(ui);
         if ui.input(|i| i.key_pressed(egui::Key::Space)) && !ui.ctx().egui_wants_keyboard_input() {
             self.toggle_training();
         }
@@ -251,6 +265,7 @@ impl FlowLabApp {
     fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.heading("FlowLab");
+            self.file_menu_ui(ui);
             ui.separator();
             let label = if self.running { "Pause" } else { "Train" };
             if ui
@@ -297,6 +312,37 @@ impl FlowLabApp {
             }
             ui.add(egui::ProgressBar::new(frac).text(text).desired_width(420.0));
         });
+    }
+
+    fn confirm_ui(&mut self, ui: &egui::Ui) {
+        if !self.confirm_new_run {
+            return;
+        }
+        egui::Window::new("Start a new run?")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
+            .show(ui.ctx(), |ui| {
+                ui.label("Settings marked (new run) changed. A new run starts from fresh weights;");
+                ui.label("the current model is discarded unless you save it first.");
+                ui.horizontal(|ui| {
+                    if ui.button("Start a new run").clicked() {
+                        self.confirm_new_run = false;
+                        self.train_new();
+                    }
+                    if ui.button("Keep training the current run").clicked() {
+                        self.confirm_new_run = false;
+                        if let Some(c) = &self.run_config {
+                            self.config = c.clone();
+                        }
+                        self.send(Command::Resume);
+                        self.running = true;
+                    }
+                    if ui.button("Cancel").clicked() {
+                        self.confirm_new_run = false;
+                    }
+                });
+            });
     }
 
     fn status_bar_ui(&mut self, ui: &mut egui::Ui) {

@@ -5,7 +5,7 @@ use egui::Color32;
 use egui_plot::{Arrows, Heatmap, Legend, Line, Plot, PlotPoint, Points};
 
 use super::FlowLabApp;
-use crate::train::worker::Command;
+use crate::train::worker::{Command, SampleSnapshot};
 
 /// Trajectories drawn (the first particles of the preview batch).
 const MAX_TRAJECTORIES: usize = 150;
@@ -117,10 +117,18 @@ impl FlowLabApp {
             ui.checkbox(&mut self.loss_view.log_y, "log y")
                 .on_hover_text("Logarithmic loss axis");
             egui::ComboBox::from_id_salt("loss_window")
-                .selected_text(if self.loss_view.window == 0 { "all steps".to_string() } else { format!("last {}", self.loss_view.window) })
+                .selected_text(if self.loss_view.window == 0 {
+                    "all steps".to_string()
+                } else {
+                    format!("last {}", self.loss_view.window)
+                })
                 .show_ui(ui, |ui| {
                     for w in [0u64, 500, 2000, 10_000] {
-                        let label = if w == 0 { "all steps".to_string() } else { format!("last {w}") };
+                        let label = if w == 0 {
+                            "all steps".to_string()
+                        } else {
+                            format!("last {w}")
+                        };
                         ui.selectable_value(&mut self.loss_view.window, w, label);
                     }
                 })
@@ -128,7 +136,11 @@ impl FlowLabApp {
                 .on_hover_text("Show the whole history or only recent steps");
         });
         let v = self.loss_view;
-        let from = if v.window == 0 { 0.0 } else { self.step.saturating_sub(v.window) as f64 };
+        let from = if v.window == 0 {
+            0.0
+        } else {
+            self.step.saturating_sub(v.window) as f64
+        };
         let prep = |pts: &[[f64; 2]]| -> Vec<[f64; 2]> {
             pts.iter()
                 .filter(|p| p[0] >= from && p[1] > 0.0)
@@ -143,24 +155,43 @@ impl FlowLabApp {
             .legend(Legend::default())
             .height(height - 36.0)
             .y_axis_formatter(move |mark, _| {
-                if log_y { format!("{:.3}", 10f64.powf(mark.value)) } else { format!("{:.3}", mark.value) }
+                if log_y {
+                    format!("{:.3}", 10f64.powf(mark.value))
+                } else {
+                    format!("{:.3}", mark.value)
+                }
             })
             .show(ui, |p| {
-                p.line(Line::new("loss (raw)", raw).color(Color32::from_rgba_unmultiplied(230, 120, 120, 60)));
-                p.line(Line::new("loss (smoothed)", smoothed).color(Color32::from_rgb(240, 110, 110)).width(2.0));
-                p.line(Line::new("held-out loss", held).color(Color32::from_rgb(100, 160, 240)).width(2.0));
+                p.line(
+                    Line::new("loss (raw)", raw)
+                        .color(Color32::from_rgba_unmultiplied(230, 120, 120, 60)),
+                );
+                p.line(
+                    Line::new("loss (smoothed)", smoothed)
+                        .color(Color32::from_rgb(240, 110, 110))
+                        .width(2.0),
+                );
+                p.line(
+                    Line::new("held-out loss", held)
+                        .color(Color32::from_rgb(100, 160, 240))
+                        .width(2.0),
+                );
             });
     }
 
     fn flow_ui(&mut self, ui: &mut egui::Ui, height: f32) {
         ui.horizontal(|ui| {
             ui.label("Flow at time t");
-            ui.checkbox(&mut self.layers.particles, "particles").on_hover_text("The samples at time t");
+            ui.checkbox(&mut self.layers.particles, "particles")
+                .on_hover_text("The samples at time t");
             ui.checkbox(&mut self.layers.trajectories, "trajectories")
                 .on_hover_text("Each sample's path from noise (t = 0) up to t");
-            ui.checkbox(&mut self.layers.field, "velocity field").on_hover_text("Arrows of v(x, t) on a grid at time t");
-            ui.checkbox(&mut self.layers.data, "data").on_hover_text("The target distribution");
-            ui.checkbox(&mut self.layers.density, "density").on_hover_text("Heat-map of the samples' density at t");
+            ui.checkbox(&mut self.layers.field, "velocity field")
+                .on_hover_text("Arrows of v(x, t) on a grid at time t");
+            ui.checkbox(&mut self.layers.data, "data")
+                .on_hover_text("The target distribution");
+            ui.checkbox(&mut self.layers.density, "density")
+                .on_hover_text("Heat-map of the samples' density at t");
         });
         self.ensure_data_points();
         self.request_field();
@@ -182,53 +213,96 @@ impl FlowLabApp {
                     p.heatmap(
                         Heatmap::new(vals, cols)
                             .at(PlotPoint::new(bounds[0], bounds[2]))
-                            .size((bounds[1] - bounds[0]) as f32, (bounds[3] - bounds[2]) as f32)
+                            .size(
+                                (bounds[1] - bounds[0]) as f32,
+                                (bounds[3] - bounds[2]) as f32,
+                            )
                             .show_labels(false)
                             .name("density"),
                     );
                 }
                 if self.layers.data {
-                    p.points(Points::new("data", self.data_points.clone()).radius(1.0).color(Color32::from_gray(150)));
+                    p.points(
+                        Points::new("data", self.data_points.clone())
+                            .radius(1.0)
+                            .color(Color32::from_gray(150)),
+                    );
                 }
                 if self.layers.trajectories {
                     for line in self.trajectories_to_t() {
-                        p.line(Line::new("trajectories", line).color(Color32::from_rgba_unmultiplied(120, 200, 255, 90)));
+                        p.line(
+                            Line::new("trajectories", line)
+                                .color(Color32::from_rgba_unmultiplied(120, 200, 255, 90)),
+                        );
                     }
                 }
                 if self.layers.field
                     && let Some(f) = &self.field
                 {
-                    let max = f.vectors.iter().map(|[a, b]| (a * a + b * b).sqrt()).fold(1e-6f32, f32::max);
+                    let max = f
+                        .vectors
+                        .iter()
+                        .map(|[a, b]| (a * a + b * b).sqrt())
+                        .fold(1e-6f32, f32::max);
                     let cell = ((bounds[1] - bounds[0]) / FIELD_GRID as f64) as f32;
                     let k = 0.9 * cell / max;
-                    let origins: Vec<[f64; 2]> = f.points.iter().map(|&[x, y]| [f64::from(x), f64::from(y)]).collect();
+                    let origins: Vec<[f64; 2]> = f
+                        .points
+                        .iter()
+                        .map(|&[x, y]| [f64::from(x), f64::from(y)])
+                        .collect();
                     let tips: Vec<[f64; 2]> = f
                         .points
                         .iter()
                         .zip(&f.vectors)
                         .map(|(&[x, y], &[a, b])| [f64::from(x + k * a), f64::from(y + k * b)])
                         .collect();
-                    p.arrows(Arrows::new("velocity field", origins, tips).color(Color32::from_rgb(250, 200, 80)));
+                    p.arrows(
+                        Arrows::new("velocity field", origins, tips)
+                            .color(Color32::from_rgb(250, 200, 80)),
+                    );
                 }
                 if self.layers.particles
                     && let Some(pts) = pts_t
                 {
-                    p.points(Points::new("samples at t", pts).radius(1.5).color(Color32::from_rgb(240, 90, 90)));
+                    p.points(
+                        Points::new("samples at t", pts)
+                            .radius(1.5)
+                            .color(Color32::from_rgb(240, 90, 90)),
+                    );
                 }
             });
         ui.horizontal(|ui| {
-            let label = if self.playback.playing { "Stop" } else { "Play" };
-            if ui.button(label).on_hover_text("Animate t from noise to data").clicked() {
+            let label = if self.playback.playing {
+                "Stop"
+            } else {
+                "Play"
+            };
+            if ui
+                .button(label)
+                .on_hover_text("Animate t from noise to data")
+                .clicked()
+            {
                 self.playback.playing = !self.playback.playing;
                 if self.playback.playing && self.t >= 1.0 {
                     self.t = 0.0;
                 }
             }
             ui.checkbox(&mut self.playback.looping, "loop");
-            ui.add(egui::Slider::new(&mut self.playback.speed, 0.05..=2.0).logarithmic(true).text("speed"))
-                .on_hover_text("Units of t per second");
-            ui.add(egui::Slider::new(&mut self.t, 0.0..=1.0).text("t (noise -> data)").fixed_decimals(2))
-                .on_hover_text("Scrub the flow from noise (t = 0) to data (t = 1); keys: Left/Right, Home/End");
+            ui.add(
+                egui::Slider::new(&mut self.playback.speed, 0.05..=2.0)
+                    .logarithmic(true)
+                    .text("speed"),
+            )
+            .on_hover_text("Units of t per second");
+            ui.add(
+                egui::Slider::new(&mut self.t, 0.0..=1.0)
+                    .text("t (noise -> data)")
+                    .fixed_decimals(2),
+            )
+            .on_hover_text(
+                "Scrub the flow from noise (t = 0) to data (t = 1); keys: Left/Right, Home/End",
+            );
         });
         self.advance_playback(ui);
     }
@@ -280,7 +354,11 @@ impl FlowLabApp {
             return;
         }
         let step = self.snapshot.as_ref().map_or(0, |s| s.step);
-        let fresh = self.field.as_ref().is_some_and(|f| (f.t - self.t).abs() < 1e-3) && self.field_step == step;
+        let fresh = self
+            .field
+            .as_ref()
+            .is_some_and(|f| (f.t - self.t).abs() < 1e-3)
+            && self.field_step == step;
         if !fresh {
             self.field_pending = true;
             self.field_step = step;
@@ -305,7 +383,12 @@ impl FlowLabApp {
         if let crate::data::DatasetKind::Toy2d { toy } = &cfg.dataset {
             let mut rng = crate::rng::stream_rng(0, crate::rng::Stream::Eval, 0);
             let pts = toy.draw_n(1500, &mut rng);
-            self.data_points = pts.as_chunks::<2>().0.iter().map(|&[x, y]| [f64::from(x), f64::from(y)]).collect();
+            self.data_points = pts
+                .as_chunks::<2>()
+                .0
+                .iter()
+                .map(|&[x, y]| [f64::from(x), f64::from(y)])
+                .collect();
             let (mut b0, mut b1, mut b2, mut b3) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
             for &[x, y] in &self.data_points {
                 (b0, b1, b2, b3) = (b0.min(x), b1.max(x), b2.min(y), b3.max(y));
@@ -317,33 +400,7 @@ impl FlowLabApp {
 
     /// The preview particles at time `t`, linearly interpolated between solver states.
     pub fn particles_at_t(&self) -> Option<Vec<[f64; 2]>> {
-        let s = self.snapshot.as_ref()?;
-        if s.sample_shape != [2] {
-            return None;
-        }
-        let (k, w) = self.bracket(&s.times)?;
-        let (lo, hi) = (s.states.get(k.saturating_sub(1))?, s.states.get(k)?);
-        Some(
-            lo.as_chunks::<2>()
-                .0
-                .iter()
-                .zip(hi.as_chunks::<2>().0)
-                .map(|([a, b], [c, d])| {
-                    let (a, b, c, d) = (f64::from(*a), f64::from(*b), f64::from(*c), f64::from(*d));
-                    [a + w * (c - a), b + w * (d - b)]
-                })
-                .collect(),
-        )
-    }
-
-    /// The index k of the first state at or after `t` and the weight of state k
-    /// against state k − 1.
-    fn bracket(&self, times: &[f64]) -> Option<(usize, f64)> {
-        let last = times.len().checked_sub(1)?;
-        let k = times.iter().position(|&u| u >= self.t).unwrap_or(last);
-        let (t_hi, t_lo) = (*times.get(k)?, *times.get(k.saturating_sub(1))?);
-        let w = if t_hi > t_lo { ((self.t - t_lo) / (t_hi - t_lo)).clamp(0.0, 1.0) } else { 1.0 };
-        Some((k, w))
+        particles_at(self.snapshot.as_ref()?, self.t)
     }
 
     /// Paths of the first particles from t = 0 up to `t`.
@@ -351,7 +408,7 @@ impl FlowLabApp {
         let (Some(s), Some(now)) = (self.snapshot.as_ref(), self.particles_at_t()) else {
             return Vec::new();
         };
-        let Some((k, _)) = self.bracket(&s.times) else {
+        let Some((k, _)) = bracket(&s.times, self.t) else {
             return Vec::new();
         };
         (0..now.len().min(MAX_TRAJECTORIES))
@@ -372,6 +429,40 @@ impl FlowLabApp {
     }
 }
 
+/// The index k of the first state at or after `t` and the weight of state k
+/// against state k − 1.
+fn bracket(times: &[f64], t: f64) -> Option<(usize, f64)> {
+    let last = times.len().checked_sub(1)?;
+    let k = times.iter().position(|&u| u >= t).unwrap_or(last);
+    let (t_hi, t_lo) = (*times.get(k)?, *times.get(k.saturating_sub(1))?);
+    let w = if t_hi > t_lo {
+        ((t - t_lo) / (t_hi - t_lo)).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    Some((k, w))
+}
+
+/// The 2D particles of `s` at time `t`, linearly interpolated between solver states.
+pub fn particles_at(s: &SampleSnapshot, t: f64) -> Option<Vec<[f64; 2]>> {
+    if s.sample_shape != [2] {
+        return None;
+    }
+    let (k, w) = bracket(&s.times, t)?;
+    let (lo, hi) = (s.states.get(k.saturating_sub(1))?, s.states.get(k)?);
+    Some(
+        lo.as_chunks::<2>()
+            .0
+            .iter()
+            .zip(hi.as_chunks::<2>().0)
+            .map(|([a, b], [c, d])| {
+                let (a, b, c, d) = (f64::from(*a), f64::from(*b), f64::from(*c), f64::from(*d));
+                [a + w * (c - a), b + w * (d - b)]
+            })
+            .collect(),
+    )
+}
+
 /// A `(n x n)` histogram of `pts` over `bounds`, rows from the bottom; returns (values, columns).
 pub fn density(pts: &[[f64; 2]], bounds: [f64; 4], n: usize) -> (Vec<f64>, usize) {
     let mut v = vec![0.0; n * n];
@@ -379,7 +470,8 @@ pub fn density(pts: &[[f64; 2]], bounds: [f64; 4], n: usize) -> (Vec<f64>, usize
     for &[x, y] in pts {
         let i = ((x - x0) / (x1 - x0) * n as f64).floor();
         let j = ((y - y0) / (y1 - y0) * n as f64).floor();
-        if (0.0..n as f64).contains(&i) && (0.0..n as f64).contains(&j)
+        if (0.0..n as f64).contains(&i)
+            && (0.0..n as f64).contains(&j)
             && let Some(c) = v.get_mut(j as usize * n + i as usize)
         {
             *c += 1.0;

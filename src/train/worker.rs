@@ -438,9 +438,18 @@ impl State {
         std.to_model(&mut model_xy);
         let x = candle_core::Tensor::from_vec(model_xy, (n * n, 2), tr.device())?;
         let tt = candle_core::Tensor::full(t as f32, n * n, tr.device())?;
-        let v = tr.sampling_model().velocity(&x, &tt)?.flatten_all()?.to_vec1::<f32>()?;
+        let v = tr
+            .sampling_model()
+            .velocity(&x, &tt)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         // Velocities scale like positions: data units = model units × scale.
-        let vectors = v.as_chunks::<2>().0.iter().map(|[a, b]| [a * std.scale, b * std.scale]).collect();
+        let vectors = v
+            .as_chunks::<2>()
+            .0
+            .iter()
+            .map(|[a, b]| [a * std.scale, b * std.scale])
+            .collect();
         Ok(FieldSnapshot { t, points, vectors })
     }
 

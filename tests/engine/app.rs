@@ -43,7 +43,14 @@ fn starts_on_the_pretrained_flow_trains_pauses_and_scrubs_time() {
     });
     assert_eq!(h.state().param_count, 141_314);
     // Frames keep completing while the worker trains (the GUI never waits on it).
+    // The pretrained run is finished: Train asks before replacing it.
     h.get_by_label("Train").click();
+    h.run_steps(4);
+    assert!(
+        h.state().confirm_new_run,
+        "asks before discarding the loaded model"
+    );
+    h.get_by_label("Start a new run").click();
     step_until(&mut h, "loss points", |a| a.loss.len() >= 5);
     let t0 = Instant::now();
     for _ in 0..100 {
@@ -76,8 +83,13 @@ fn starts_on_the_pretrained_flow_trains_pauses_and_scrubs_time() {
 #[test]
 fn layers_velocity_field_keys_and_playback() {
     let mut h = harness();
-    step_until(&mut h, "the pretrained model", |a| a.snapshot.is_some() && a.step == 4000);
-    assert!(!h.state().data_points.is_empty(), "the target data is cached for the data layer");
+    step_until(&mut h, "the pretrained model", |a| {
+        a.snapshot.is_some() && a.step == 4000
+    });
+    assert!(
+        !h.state().data_points.is_empty(),
+        "the target data is cached for the data layer"
+    );
     // Keys move t: Home = noise, End = data, arrows in steps of 0.02.
     h.key_press(egui::Key::Home);
     h.step();
@@ -94,13 +106,24 @@ fn layers_velocity_field_keys_and_playback() {
     let f = h.state().field.clone().expect("field");
     assert_eq!((f.points.len(), f.vectors.len()), (17 * 17, 17 * 17));
     assert_eq!(f.t, 1.0);
-    assert!(f.vectors.iter().all(|v| v[0].is_finite() && v[1].is_finite()));
+    assert!(
+        f.vectors
+            .iter()
+            .all(|v| v[0].is_finite() && v[1].is_finite())
+    );
     // Trajectories up to t = 0.5 end at the particles at t = 0.5.
     h.state_mut().t = 0.5;
-    let ends: Vec<[f64; 2]> = h.state().trajectories_to_t().iter().filter_map(|l| l.last().copied()).collect();
+    let ends: Vec<[f64; 2]> = h
+        .state()
+        .trajectories_to_t()
+        .iter()
+        .filter_map(|l| l.last().copied())
+        .collect();
     let now = h.state().particles_at_t().expect("particles");
     assert_eq!(ends.as_slice(), &now[..ends.len()]);
-    step_until(&mut h, "the field at t = 0.5", |a| a.field.as_ref().is_some_and(|f| f.t == 0.5));
+    step_until(&mut h, "the field at t = 0.5", |a| {
+        a.field.as_ref().is_some_and(|f| f.t == 0.5)
+    });
     // Play advances t.
     h.get_by_label("Play").click();
     let t0 = h.state().t;
@@ -117,7 +140,64 @@ fn loss_smoothing_and_density_helpers() {
     let pts = [[0.0, 1.0], [1.0, 3.0], [2.0, 3.0]];
     assert_eq!(smooth(&pts, 0.0), pts.to_vec());
     assert_eq!(smooth(&pts, 0.5), vec![[0.0, 1.0], [1.0, 2.0], [2.0, 2.5]]);
-    let (v, cols) = density(&[[0.1, 0.1], [0.9, 0.9], [0.95, 0.8], [5.0, 5.0]], [0.0, 1.0, 0.0, 1.0], 2);
+    let (v, cols) = density(
+        &[[0.1, 0.1], [0.9, 0.9], [0.95, 0.8], [5.0, 5.0]],
+        [0.0, 1.0, 0.0, 1.0],
+        2,
+    );
     assert_eq!(cols, 2);
-    assert_eq!(v, vec![1.0, 0.0, 0.0, 2.0], "bottom-left, then the top-right cell; outside points ignored");
+    assert_eq!(
+        v,
+        vec![1.0, 0.0, 0.0, 2.0],
+        "bottom-left, then the top-right cell; outside points ignored"
+    );
+}
+
+#[test]
+fn save_open_corrupt_file_exports_and_solver_change() {
+    let dir = crate::common::temp_dir("app-files");
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.snapshot.is_some() && a.step == 4000
+    });
+    // Save to a path and open it back.
+    let path = dir.join("saved.safetensors");
+    h.state_mut().save_to(&path);
+    step_until(&mut h, "the save", |a| a.status.starts_with("saved"));
+    assert!(path.is_file());
+    h.state_mut().open(&path);
+    step_until(&mut h, "the open", |a| {
+        a.status.starts_with("opened") && a.status.contains("saved.safetensors")
+    });
+    assert_eq!(h.state().step, 4000);
+    // A corrupt file shows a message and keeps the model.
+    let bad = dir.join("corrupt.safetensors");
+    std::fs::write(&bad, b"not a checkpoint").expect("write");
+    h.state_mut().open(&bad);
+    step_until(&mut h, "the error", |a| a.status_is_error);
+    assert!(
+        h.state().status.contains("corrupt.safetensors"),
+        "{}",
+        h.state().status
+    );
+    assert!(h.state().snapshot.is_some());
+    // Changing the solver is live: a new preview arrives with the new NFE.
+    h.state_mut().live.solver =
+        flowlab::solver::SolverConfig::fixed(flowlab::solver::SolverKind::Euler, 7);
+    let live = h.state().live;
+    h.state_mut()
+        .send(flowlab::train::worker::Command::SetLive(live));
+    h.state_mut()
+        .send(flowlab::train::worker::Command::SampleNow);
+    step_until(&mut h, "the Euler preview", |a| {
+        a.snapshot.as_ref().is_some_and(|s| s.nfe == 7)
+    });
+    // Exports: PNG and GIF decode, the CSV has a header.
+    let png = h.state().flow_png().expect("png");
+    assert!(image::load_from_memory(&png).is_ok());
+    let gif = h.state().sweep_gif(6).expect("gif");
+    let frames =
+        image::codecs::gif::GifDecoder::new(std::io::Cursor::new(gif)).expect("gif decodes");
+    assert_eq!(image::AnimationDecoder::into_frames(frames).count(), 6);
+    assert!(h.state().loss_csv().starts_with("step,loss,held_out_loss"));
 }
