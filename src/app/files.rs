@@ -23,6 +23,10 @@ pub enum FileJob {
     Csv(String),
     /// Write this GIF.
     Gif(Vec<u8>),
+    /// Write this run config (JSON).
+    ConfigJson(String),
+    /// Read a run config (JSON).
+    ImportConfig,
 }
 
 /// What came back from a dialog thread.
@@ -38,6 +42,8 @@ pub enum FileOutcome {
     Cancelled,
     /// Writing failed.
     Failed(String),
+    /// A config was read (and validated).
+    Config(Box<crate::train::TrainConfig>),
 }
 
 /// A running dialog thread.
@@ -99,6 +105,26 @@ impl FlowLabApp {
                         .map_or(FileOutcome::Cancelled, |p| {
                             write_export(&p, text.as_bytes())
                         }),
+                    FileJob::ConfigJson(text) => dialog
+                        .add_filter("JSON", &["json"])
+                        .set_file_name("flowlab-run.json")
+                        .save_file()
+                        .map_or(FileOutcome::Cancelled, |p| {
+                            write_export(&p, text.as_bytes())
+                        }),
+                    FileJob::ImportConfig => match dialog.add_filter("JSON", &["json"]).pick_file()
+                    {
+                        None => FileOutcome::Cancelled,
+                        Some(p) => match std::fs::read_to_string(&p) {
+                            Err(e) => {
+                                FileOutcome::Failed(format!("cannot read {}: {e}", p.display()))
+                            }
+                            Ok(text) => match crate::train::TrainConfig::from_json(&text) {
+                                Ok(c) => FileOutcome::Config(Box::new(c)),
+                                Err(e) => FileOutcome::Failed(format!("{}: {e}", p.display())),
+                            },
+                        },
+                    },
                     FileJob::Gif(bytes) => dialog
                         .add_filter("GIF animation", &["gif"])
                         .set_file_name("flow-sweep.gif")
@@ -131,6 +157,10 @@ impl FlowLabApp {
             FileOutcome::Written(p) => self.info(format!("wrote {}", p.display())),
             FileOutcome::Cancelled => {}
             FileOutcome::Failed(msg) => self.error(msg),
+            FileOutcome::Config(c) => {
+                self.config = *c;
+                self.info("config imported: press Train to start a run with it".into());
+            }
         }
     }
 
@@ -255,6 +285,25 @@ impl FlowLabApp {
                 self.start_dialog(FileJob::Csv(csv));
                 ui.close();
             }
+            ui.separator();
+            if ui.button("Copy run config as JSON").clicked() {
+                ui.ctx().copy_text(self.config.to_json());
+                self.info("the run config (with its seed) is on the clipboard".into());
+                ui.close();
+            }
+            if ui.button("Export run config as JSON...").clicked() {
+                self.start_dialog(FileJob::ConfigJson(self.config.to_json()));
+                ui.close();
+            }
+            if ui.button("Import run config...").clicked() {
+                self.start_dialog(FileJob::ImportConfig);
+                ui.close();
+            }
+            if ui.button("Reset settings to defaults").clicked() {
+                self.reset_settings();
+                ui.close();
+            }
+            ui.separator();
             if ui.button("Export t-sweep as GIF...").clicked() {
                 match self.sweep_gif(30) {
                     Ok(b) => self.start_dialog(FileJob::Gif(b)),

@@ -28,6 +28,38 @@ const DRAIN_BUDGET: Duration = Duration::from_millis(4);
 /// Most loss points kept; older history is thinned to half when this is reached.
 const MAX_LOSS_POINTS: usize = 20_000;
 
+/// What the app remembers across restarts (eframe persistence).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Persisted {
+    /// The edited training settings.
+    pub config: TrainConfig,
+    /// Live settings.
+    pub live: LiveSettings,
+    /// Flow-view layers.
+    pub layers: Layers,
+    /// Loss-view options.
+    pub loss_view: LossView,
+    /// Time playback.
+    pub playback: Playback,
+    /// Keep the seed for new runs (otherwise each new run draws a fresh one).
+    pub seed_locked: bool,
+}
+
+impl Default for Persisted {
+    fn default() -> Self {
+        let config = TrainConfig::default();
+        Persisted {
+            live: LiveSettings::for_config(&config),
+            config,
+            layers: Layers::default(),
+            loss_view: LossView::default(),
+            playback: Playback::default(),
+            seed_locked: true,
+        }
+    }
+}
+
 /// The app's state.
 pub struct FlowLabApp {
     worker: Option<Worker>,
@@ -35,6 +67,11 @@ pub struct FlowLabApp {
     repaint: Arc<dyn Fn() + Send + Sync>,
     /// Whether the "start a new run?" question is showing.
     pub confirm_new_run: bool,
+    /// Keep the seed for new runs.
+    pub seed_locked: bool,
+    /// Whether the next loaded run's config replaces the edited settings
+    /// (false only for the start-up model when settings were restored).
+    adopt_config: bool,
     /// The settings being edited (applied on Train/Apply).
     pub config: TrainConfig,
     /// The config of the run the worker holds.
@@ -81,8 +118,17 @@ pub struct FlowLabApp {
 impl FlowLabApp {
     /// Builds the app and its worker; `repaint` wakes the GUI when events arrive.
     pub fn new(repaint: Arc<dyn Fn() + Send + Sync>) -> Self {
-        let config = TrainConfig::default();
-        let live = LiveSettings::for_config(&config);
+        Self::with_settings(repaint, None)
+    }
+
+    /// Builds the app with settings restored from a previous session.
+    pub fn with_settings(
+        repaint: Arc<dyn Fn() + Send + Sync>,
+        restored: Option<Persisted>,
+    ) -> Self {
+        let adopt_config = restored.is_none();
+        let p = restored.unwrap_or_default();
+        let (config, live) = (p.config.clone(), p.live);
         let (worker, status) = match Worker::spawn(Device::Cpu, repaint.clone()) {
             Ok(w) => {
                 w.send(Command::SetLive(live)).ok();
@@ -100,6 +146,8 @@ impl FlowLabApp {
             dialog: None,
             repaint,
             confirm_new_run: false,
+            seed_locked: p.seed_locked,
+            adopt_config,
             config,
             run_config: None,
             live,
@@ -113,9 +161,9 @@ impl FlowLabApp {
             param_count: 0,
             status,
             status_is_error: false,
-            layers: Layers::default(),
-            loss_view: LossView::default(),
-            playback: Playback::default(),
+            layers: p.layers,
+            loss_view: p.loss_view,
+            playback: p.playback,
             field: None,
             field_pending: false,
             field_step: 0,
@@ -146,8 +194,40 @@ impl FlowLabApp {
         self.status_is_error = false;
     }
 
+    /// What to remember across restarts.
+    pub fn persisted(&self) -> Persisted {
+        Persisted {
+            config: self.config.clone(),
+            live: self.live,
+            layers: self.layers,
+            loss_view: self.loss_view,
+            playback: Playback {
+                playing: false,
+                ..self.playback
+            },
+            seed_locked: self.seed_locked,
+        }
+    }
+
+    /// Restores every setting to its default (the current run is kept).
+    pub fn reset_settings(&mut self) {
+        let p = Persisted::default();
+        self.config = p.config;
+        self.live = p.live;
+        self.layers = p.layers;
+        self.loss_view = p.loss_view;
+        self.playback = p.playback;
+        self.seed_locked = p.seed_locked;
+        self.send(Command::SetLive(self.live));
+        self.info("settings reset to their defaults".into());
+    }
+
     /// Starts a fresh run with the edited settings.
     pub fn train_new(&mut self) {
+        if !self.seed_locked {
+            use rand::RngExt as _;
+            self.config.seed = rand::rng().random_range(0..1_000_000);
+        }
         self.loss.clear();
         self.held_out.clear();
         self.last = None;
@@ -194,8 +274,11 @@ impl FlowLabApp {
             } => {
                 self.step = step;
                 self.param_count = param_count;
-                self.config = (*config).clone();
-                self.live.lr = config.optimizer.lr;
+                if self.adopt_config {
+                    self.config = (*config).clone();
+                    self.live.lr = config.optimizer.lr;
+                }
+                self.adopt_config = true;
                 self.run_config = Some(*config);
                 if step == 0 {
                     self.loss.clear();
@@ -364,6 +447,10 @@ impl eframe::App for FlowLabApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         FlowLabApp::ui(self, ui);
     }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, eframe::APP_KEY, &self.persisted());
+    }
 }
 
 /// Opens the FlowLab window and runs until it is closed.
@@ -379,9 +466,11 @@ pub fn run() -> crate::Result<()> {
         options,
         Box::new(|cc| {
             let ctx = cc.egui_ctx.clone();
-            Ok(Box::new(FlowLabApp::new(Arc::new(move || {
-                ctx.request_repaint()
-            }))))
+            let restored = cc
+                .storage
+                .and_then(|s| eframe::get_value::<Persisted>(s, eframe::APP_KEY));
+            let repaint: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
+            Ok(Box::new(FlowLabApp::with_settings(repaint, restored)))
         }),
     )
     .map_err(|e| crate::Error::config(format!("cannot open the window: {e}")))

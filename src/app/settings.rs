@@ -15,12 +15,15 @@ impl FlowLabApp {
             .selected_text(current)
             .show_ui(ui, |ui| {
                 for toy in Toy2d::ALL {
-                    if ui
-                        .selectable_label(current == toy.name(), toy.name())
-                        .clicked()
-                    {
-                        self.config.dataset = DatasetKind::Toy2d { toy };
-                    }
+                    ui.horizontal(|ui| {
+                        thumbnail_ui(ui, &toy);
+                        if ui
+                            .selectable_label(current == toy.name(), toy.name())
+                            .clicked()
+                        {
+                            self.config.dataset = DatasetKind::Toy2d { toy };
+                        }
+                    });
                 }
             })
             .response
@@ -107,12 +110,55 @@ impl FlowLabApp {
                 .text("steps (new run)"),
         )
         .on_hover_text("Total training steps");
+        ui.add(
+            egui::Slider::new(&mut self.config.optimizer.weight_decay, 0.0..=0.1)
+                .text("weight decay (new run)"),
+        )
+        .on_hover_text("Decoupled AdamW weight decay");
+        let mut clip = self.config.optimizer.grad_clip.is_some();
         ui.horizontal(|ui| {
-            ui.label("seed (new run)");
+            ui.checkbox(&mut clip, "clip gradients")
+                .on_hover_text("Clip the global gradient norm");
+            let mut v = self.config.optimizer.grad_clip.unwrap_or(1.0);
+            if clip {
+                let l = ui.label("max norm");
+                ui.add(egui::DragValue::new(&mut v).range(0.01..=100.0).speed(0.05))
+                    .labelled_by(l.id);
+            }
+            self.config.optimizer.grad_clip = clip.then_some(v);
+        });
+        ui.add(
+            egui::Slider::new(&mut self.config.optimizer.warmup_steps, 0..=2000)
+                .text("warm-up steps (new run)"),
+        )
+        .on_hover_text("Linear warm-up, then cosine decay");
+        let mut ema = self.config.ema_decay.is_some();
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut ema, "EMA of weights")
+                .on_hover_text("Sample from an exponential moving average of the weights");
+            let mut d = self.config.ema_decay.unwrap_or(0.999);
+            if ema {
+                let l = ui.label("decay");
+                ui.add(
+                    egui::DragValue::new(&mut d)
+                        .range(0.5..=0.9999)
+                        .speed(0.0005)
+                        .fixed_decimals(4),
+                )
+                .labelled_by(l.id);
+            }
+            self.config.ema_decay = ema.then_some(d);
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label("seed (new run)");
             ui.add(egui::DragValue::new(&mut self.config.seed))
+                .labelled_by(l.id)
                 .on_hover_text(
                     "Seed of every random draw: the same settings and seed give the same run",
                 );
+            ui.checkbox(&mut self.seed_locked, "lock").on_hover_text(
+                "Locked: new runs keep this seed. Unlocked: each new run draws a fresh seed",
+            );
         });
 
         ui.separator();
@@ -153,6 +199,10 @@ impl FlowLabApp {
         }
 
         ui.separator();
+        ui.heading("Device");
+        device_ui(ui);
+
+        ui.separator();
         let changed = self.run_config.as_ref() != Some(&self.config);
         let button = egui::Button::new(if changed {
             "Train a new run with these settings"
@@ -170,4 +220,76 @@ impl FlowLabApp {
             ui.label("Settings marked (new run) changed: they apply to a new run.");
         }
     }
+}
+
+/// A 36x36 preview of a toy set (drawn once from a fixed seed, kept in egui's memory).
+fn thumbnail_ui(ui: &mut egui::Ui, toy: &Toy2d) {
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(36.0, 36.0), egui::Sense::hover());
+    let id = egui::Id::NULL.with(("thumbnail", toy.name()));
+    let pts: std::sync::Arc<Vec<[f32; 2]>> = ui.ctx().memory_mut(|m| {
+        m.data
+            .get_temp_mut_or_insert_with(id, || {
+                let ds = crate::data::ToyDataset::new(*toy);
+                let mut rng = crate::rng::stream_rng(0, crate::rng::Stream::Eval, 9);
+                let v = crate::data::Dataset::sample_train(&ds, 300, &mut rng);
+                std::sync::Arc::new(v.as_chunks::<2>().0.to_vec())
+            })
+            .clone()
+    });
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 3.0, ui.visuals().extreme_bg_color);
+    for &[x, y] in pts.iter() {
+        // Model space is standardised: about [-2.5, 2.5] covers the sets.
+        let p = rect.center() + egui::vec2(x * 7.0, -y * 7.0);
+        if rect.contains(p) {
+            painter.circle_filled(p, 0.8, egui::Color32::from_rgb(240, 110, 110));
+        }
+    }
+}
+
+/// The device list: CPU always; CUDA and Metal with why they are unavailable.
+fn device_ui(ui: &mut egui::Ui) {
+    ui.radio(true, "CPU")
+        .on_hover_text("Training and sampling run on the CPU");
+    let (cuda, cuda_why) = if cfg!(feature = "cuda") {
+        (
+            candle_core::utils::cuda_is_available(),
+            "no CUDA device was found",
+        )
+    } else {
+        (
+            false,
+            "this build has no CUDA support (build with --features cuda)",
+        )
+    };
+    let (metal, metal_why) = if cfg!(feature = "metal") {
+        (
+            candle_core::utils::metal_is_available(),
+            "no Metal device was found",
+        )
+    } else {
+        (
+            false,
+            "this build has no Metal support (build with --features metal, macOS)",
+        )
+    };
+    let label = |found: bool, name: &str| {
+        if found {
+            format!("{name} (found; not yet selectable)")
+        } else {
+            format!("{name} (unavailable)")
+        }
+    };
+    ui.add_enabled(false, egui::RadioButton::new(false, label(cuda, "CUDA")))
+        .on_disabled_hover_text(if cuda {
+            "the app trains on the CPU for now"
+        } else {
+            cuda_why
+        });
+    ui.add_enabled(false, egui::RadioButton::new(false, label(metal, "Metal")))
+        .on_disabled_hover_text(if metal {
+            "the app trains on the CPU for now"
+        } else {
+            metal_why
+        });
 }

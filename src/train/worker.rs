@@ -27,7 +27,7 @@ use crate::solver::{Integration, SolverConfig, integrate};
 use crate::{Error, Result};
 
 /// Settings that apply immediately, without resetting the run.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LiveSettings {
     /// Solver for the preview samples and trajectories.
     pub solver: SolverConfig,

@@ -201,3 +201,46 @@ fn save_open_corrupt_file_exports_and_solver_change() {
     assert_eq!(image::AnimationDecoder::into_frames(frames).count(), 6);
     assert!(h.state().loss_csv().starts_with("step,loss,held_out_loss"));
 }
+
+#[test]
+fn settings_persist_across_restarts_and_reset_to_defaults() {
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| a.step == 4000);
+    {
+        let app = h.state_mut();
+        app.config.batch_size = 128;
+        app.layers.trajectories = true;
+        app.loss_view.log_y = true;
+        app.live.solver.steps = 7;
+    }
+    let saved = serde_json::to_string(&h.state().persisted()).expect("serialise");
+    drop(h);
+    // A new session restores them, even though the start-up model has other settings.
+    let restored: flowlab::app::Persisted = serde_json::from_str(&saved).expect("deserialise");
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(
+            |ui, app: &mut FlowLabApp| app.ui(ui),
+            FlowLabApp::with_settings(Arc::new(|| {}), Some(restored)),
+        );
+    step_until(&mut h, "the pretrained model", |a| a.step == 4000);
+    assert_eq!(h.state().config.batch_size, 128);
+    assert!(h.state().layers.trajectories && h.state().loss_view.log_y);
+    assert_eq!(h.state().live.solver.steps, 7);
+    h.state_mut().reset_settings();
+    assert_eq!(h.state().persisted(), flowlab::app::Persisted::default());
+    // An unlocked seed changes with every new run; a locked one does not.
+    h.state_mut().seed_locked = false;
+    let before = h.state().config.seed;
+    h.state_mut().train_new();
+    let first = h.state().config.seed;
+    h.state_mut().train_new();
+    assert!(
+        first != before || h.state().config.seed != first,
+        "fresh seeds when unlocked"
+    );
+    h.state_mut().seed_locked = true;
+    let locked = h.state().config.seed;
+    h.state_mut().train_new();
+    assert_eq!(h.state().config.seed, locked);
+}
