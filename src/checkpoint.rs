@@ -26,6 +26,8 @@ pub const FORMAT_KEY: &str = "flowlab.format";
 pub const FORMAT_NAME: &str = "flowlab-checkpoint";
 /// Metadata key of the JSON [`CheckpointMeta`].
 pub const META_KEY: &str = "flowlab.meta";
+/// Tensor holding the loss history `(n, 3)`: step, loss, held-out loss (NaN when not measured).
+pub const HISTORY_KEY: &str = "history.loss";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -104,6 +106,14 @@ impl Checkpoint {
             tensors.insert(format!("model.{name}"), p.as_tensor().copy()?);
             tensors.insert(format!("opt.m.{name}"), mi.copy()?);
             tensors.insert(format!("opt.v.{name}"), vi.copy()?);
+        }
+        let history = tr.history();
+        if !history.is_empty() {
+            let flat: Vec<f32> = history.iter().flatten().copied().collect();
+            tensors.insert(
+                HISTORY_KEY.to_string(),
+                Tensor::from_vec(flat, (history.len(), 3), &Device::Cpu)?,
+            );
         }
         if let Some(ema) = tr.ema_params() {
             for (name, var) in ema.names.iter().zip(&ema.vars) {
@@ -307,7 +317,23 @@ impl Checkpoint {
         let m = self.take("opt.m", &params, path)?;
         let v = self.take("opt.v", &params, path)?;
         tr.restore(&weights, ema.as_deref(), (m, v), self.meta.step)?;
+        tr.set_history(self.history(path)?);
         Ok(tr)
+    }
+
+    /// The stored loss history (empty when the file has none).
+    pub fn history(&self, path: &Path) -> Result<Vec<[f32; 3]>> {
+        let Some(t) = self.tensors.get(HISTORY_KEY) else {
+            return Ok(Vec::new());
+        };
+        if t.rank() != 2 || t.dims().get(1) != Some(&3) {
+            return Err(Error::checkpoint(
+                path,
+                format!("its loss history has shape {:?}, expected (n, 3)", t.dims()),
+            ));
+        }
+        let flat = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(flat.as_chunks::<3>().0.to_vec())
     }
 }
 

@@ -69,6 +69,8 @@ pub struct FlowLabApp {
     pub confirm_new_run: bool,
     /// Keep the seed for new runs.
     pub seed_locked: bool,
+    /// Steps run by the Step button.
+    pub step_n: u64,
     /// Whether the next loaded run's config replaces the edited settings
     /// (false only for the start-up model when settings were restored).
     adopt_config: bool,
@@ -147,6 +149,7 @@ impl FlowLabApp {
             repaint,
             confirm_new_run: false,
             seed_locked: p.seed_locked,
+            step_n: 10,
             adopt_config,
             config,
             run_config: None,
@@ -271,6 +274,7 @@ impl FlowLabApp {
                 config,
                 step,
                 param_count,
+                history,
             } => {
                 self.step = step;
                 self.param_count = param_count;
@@ -280,10 +284,15 @@ impl FlowLabApp {
                 }
                 self.adopt_config = true;
                 self.run_config = Some(*config);
-                if step == 0 {
-                    self.loss.clear();
-                    self.held_out.clear();
-                }
+                self.loss = history
+                    .iter()
+                    .map(|h| [f64::from(h[0]), f64::from(h[1])])
+                    .collect();
+                self.held_out = history
+                    .iter()
+                    .filter(|h| h[2].is_finite())
+                    .map(|h| [f64::from(h[0]), f64::from(h[2])])
+                    .collect();
             }
             Event::Progress(reports) => {
                 for r in &reports {
@@ -359,13 +368,17 @@ impl FlowLabApp {
                 self.toggle_training();
             }
             if ui
-                .button("Step 10")
-                .on_hover_text("Run 10 training steps, then pause")
+                .button("Step")
+                .on_hover_text("Run this many training steps, then pause")
                 .clicked()
             {
-                self.send(Command::Step(10));
+                self.send(Command::Step(self.step_n));
                 self.running = true;
             }
+            let l = ui.label("x");
+            ui.add(egui::DragValue::new(&mut self.step_n).range(1..=100_000))
+                .labelled_by(l.id)
+                .on_hover_text("Steps run by the Step button");
             if ui
                 .button("Reset")
                 .on_hover_text("Start over from fresh weights (same seed)")

@@ -55,7 +55,9 @@ impl FlowLabApp {
                 for a in Activation::ALL {
                     ui.selectable_value(&mut m.activation, a, a.name());
                 }
-            });
+            })
+            .response
+            .on_hover_text("Nonlinearity between hidden layers (needs a new run)");
         ui.label(format!(
             "{} parameters in the current run",
             self.param_count
@@ -80,7 +82,11 @@ impl FlowLabApp {
                 for s in [TimeSampling::Uniform, TimeSampling::LOGIT_NORMAL] {
                     ui.selectable_value(&mut self.config.time_sampling, s, s.name());
                 }
-            });
+            })
+            .response
+            .on_hover_text(
+                "How training times are drawn: uniform, or logit-normal (more weight mid-path)",
+            );
 
         ui.separator();
         ui.heading("Optimizer");

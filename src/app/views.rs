@@ -181,7 +181,8 @@ impl FlowLabApp {
 
     fn flow_ui(&mut self, ui: &mut egui::Ui, height: f32) {
         ui.horizontal(|ui| {
-            ui.label("Flow at time t");
+            ui.label("Flow at time t")
+                .on_hover_text("Drag to pan, scroll to zoom, double-click to reset the view");
             ui.checkbox(&mut self.layers.particles, "particles")
                 .on_hover_text("The samples at time t");
             ui.checkbox(&mut self.layers.trajectories, "trajectories")
@@ -288,7 +289,8 @@ impl FlowLabApp {
                     self.t = 0.0;
                 }
             }
-            ui.checkbox(&mut self.playback.looping, "loop");
+            ui.checkbox(&mut self.playback.looping, "loop")
+                .on_hover_text("Start again from noise when t reaches 1");
             ui.add(
                 egui::Slider::new(&mut self.playback.speed, 0.05..=2.0)
                     .logarithmic(true)

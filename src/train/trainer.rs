@@ -162,7 +162,11 @@ pub struct Trainer {
     step: u64,
     held_out: Option<HeldOut>,
     recent: VecDeque<Instant>,
+    history: Vec<[f32; 3]>,
 }
+
+/// Most loss-history entries kept; beyond this the older half is thinned 2x.
+pub const MAX_HISTORY: usize = 8192;
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,6 +237,7 @@ impl Trainer {
             step: 0,
             held_out,
             recent: VecDeque::new(),
+            history: Vec::new(),
         })
     }
 
@@ -300,6 +305,17 @@ impl Trainer {
     /// The EMA parameters, when EMA is on.
     pub fn ema_params(&self) -> Option<&Params> {
         self.ema.as_ref().map(|(_, p)| p)
+    }
+
+    /// The loss history `(step, loss, held-out loss or NaN)`, oldest first; old
+    /// entries are thinned so it stays under [`MAX_HISTORY`] entries.
+    pub fn history(&self) -> &[[f32; 3]] {
+        &self.history
+    }
+
+    /// Replaces the loss history (used by checkpoint loading).
+    pub fn set_history(&mut self, history: Vec<[f32; 3]>) {
+        self.history = history;
     }
 
     /// The optimiser.
@@ -404,6 +420,18 @@ impl Trainer {
         } else {
             None
         };
+        self.history.push([
+            self.step as f32,
+            loss_val,
+            held_out_loss.unwrap_or(f32::NAN),
+        ]);
+        if self.history.len() > MAX_HISTORY {
+            let half = self.history.len() / 2;
+            let mut thinned: Vec<[f32; 3]> =
+                self.history.iter().take(half).step_by(2).copied().collect();
+            thinned.extend_from_slice(self.history.get(half..).unwrap_or_default());
+            self.history = thinned;
+        }
         let now = Instant::now();
         self.recent.push_back(now);
         if self.recent.len() > 50 {

@@ -130,6 +130,8 @@ pub enum Event {
         step: u64,
         /// Number of model parameters.
         param_count: usize,
+        /// Loss history so far `(step, loss, held-out loss or NaN)` (non-empty after Load).
+        history: Vec<[f32; 3]>,
     },
     /// Training steps since the last progress event, oldest first.
     Progress(Vec<StepReport>),
@@ -345,6 +347,7 @@ impl State {
             config: Box::new(tr.config().clone()),
             step: tr.step_count(),
             param_count: tr.params().count(),
+            history: tr.history().to_vec(),
         });
         self.trainer = Some(tr);
     }

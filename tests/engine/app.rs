@@ -42,6 +42,9 @@ fn starts_on_the_pretrained_flow_trains_pauses_and_scrubs_time() {
         a.snapshot.is_some() && a.step == 4000
     });
     assert_eq!(h.state().param_count, 141_314);
+    // The pretrained checkpoint carries its loss curve.
+    assert_eq!(h.state().loss.len(), 4000);
+    assert_eq!(h.state().held_out.len(), 40);
     // Frames keep completing while the worker trains (the GUI never waits on it).
     // The pretrained run is finished: Train asks before replacing it.
     h.get_by_label("Train").click();

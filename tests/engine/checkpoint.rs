@@ -44,6 +44,16 @@ fn save_load_round_trips_bit_exactly() {
     assert_eq!(ck.meta.sample_shape, vec![2]);
     let back = ck.into_trainer(&Device::Cpu, &path).expect("rebuild");
     assert_eq!(back.step_count(), 5);
+    assert_eq!(back.history().len(), 5);
+    let same =
+        |a: &[f32; 3], b: &[f32; 3]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(
+        tr.history()
+            .iter()
+            .zip(back.history())
+            .all(|(a, b)| same(a, b)),
+        "loss history round-trips"
+    );
     for (a, b) in tr.params().tensors().iter().zip(back.params().tensors()) {
         assert_eq!(max_diff(a, &b), 0.0);
     }
