@@ -419,14 +419,19 @@ impl FlowLabApp {
             .resizable(false)
             .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
             .show(ui.ctx(), |ui| {
-                ui.label("Settings marked (new run) changed. A new run starts from fresh weights;");
-                ui.label("the current model is discarded unless you save it first.");
+                let finished = self.run_config.as_ref() == Some(&self.config);
+                ui.label(if finished {
+                    "This run has done all its steps."
+                } else {
+                    "Settings marked (new run) changed."
+                });
+                ui.label("A new run starts from fresh weights; the current model is discarded unless you save it first.");
                 ui.horizontal(|ui| {
                     if ui.button("Start a new run").clicked() {
                         self.confirm_new_run = false;
                         self.train_new();
                     }
-                    if ui.button("Keep training the current run").clicked() {
+                    if !finished && ui.button("Keep training the current run").clicked() {
                         self.confirm_new_run = false;
                         if let Some(c) = &self.run_config {
                             self.config = c.clone();

@@ -201,7 +201,7 @@ impl FlowLabApp {
         Plot::new("flow_plot")
             .data_aspect(1.0)
             .legend(Legend::default())
-            .height(height - 64.0)
+            .height(height - 90.0)
             .include_x(bounds[0])
             .include_x(bounds[1])
             .include_y(bounds[2])
@@ -297,6 +297,9 @@ impl FlowLabApp {
                     .text("speed"),
             )
             .on_hover_text("Units of t per second");
+        });
+        ui.horizontal(|ui| {
+            ui.spacing_mut().slider_width = (ui.available_width() - 190.0).max(100.0);
             ui.add(
                 egui::Slider::new(&mut self.t, 0.0..=1.0)
                     .text("t (noise -> data)")
