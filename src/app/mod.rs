@@ -112,7 +112,11 @@ pub struct FlowLabApp {
     field_step: u64,
     /// Target data points (data space) of the current run's dataset.
     pub data_points: Vec<[f64; 2]>,
-    data_for: Option<DatasetKind>,
+    data_for: Option<(DatasetKind, usize, u64)>,
+    /// Number of target points the data layer shows.
+    pub data_n: usize,
+    /// Seed of the shown target points (Regenerate draws the next).
+    pub data_seed: u64,
     /// Data-space bounds of the flow view `[x_min, x_max, y_min, y_max]`.
     pub view_bounds: [f64; 4],
 }
@@ -172,6 +176,8 @@ impl FlowLabApp {
             field_step: 0,
             data_points: Vec::new(),
             data_for: None,
+            data_n: 1500,
+            data_seed: 0,
             view_bounds: [-3.0, 3.0, -3.0, 3.0],
         }
     }

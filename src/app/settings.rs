@@ -59,6 +59,10 @@ impl FlowLabApp {
             .response
             .on_hover_text("Nonlinearity between hidden layers (needs a new run)");
         ui.label(format!(
+            "{} parameters with these settings",
+            m.param_count(2)
+        ));
+        ui.label(format!(
             "{} parameters in the current run",
             self.param_count
         ));

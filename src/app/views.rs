@@ -194,6 +194,23 @@ impl FlowLabApp {
             ui.checkbox(&mut self.layers.density, "density")
                 .on_hover_text("Heat-map of the samples' density at t");
         });
+        if self.layers.data {
+            ui.horizontal(|ui| {
+                ui.add(
+                    egui::Slider::new(&mut self.data_n, 100..=20_000)
+                        .logarithmic(true)
+                        .text("data points"),
+                )
+                .on_hover_text("How many target points the data layer shows");
+                if ui
+                    .button("Regenerate")
+                    .on_hover_text("Draw a fresh set of target points")
+                    .clicked()
+                {
+                    self.data_seed += 1;
+                }
+            });
+        }
         self.ensure_data_points();
         self.request_field();
         let bounds = self.view_bounds;
@@ -380,14 +397,15 @@ impl FlowLabApp {
         let Some(cfg) = &self.run_config else {
             return;
         };
-        if self.data_for.as_ref() == Some(&cfg.dataset) {
+        let key = (cfg.dataset.clone(), self.data_n, self.data_seed);
+        if self.data_for.as_ref() == Some(&key) {
             return;
         }
-        self.data_for = Some(cfg.dataset.clone());
+        self.data_for = Some(key);
         self.data_points.clear();
         if let crate::data::DatasetKind::Toy2d { toy } = &cfg.dataset {
-            let mut rng = crate::rng::stream_rng(0, crate::rng::Stream::Eval, 0);
-            let pts = toy.draw_n(1500, &mut rng);
+            let mut rng = crate::rng::stream_rng(self.data_seed, crate::rng::Stream::Eval, 0);
+            let pts = toy.draw_n(self.data_n, &mut rng);
             self.data_points = pts
                 .as_chunks::<2>()
                 .0

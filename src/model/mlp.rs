@@ -34,6 +34,14 @@ impl Default for MlpConfig {
 }
 
 impl MlpConfig {
+    /// Number of parameters for samples of `dim` values (computed, nothing is built).
+    pub fn param_count(&self, dim: usize) -> usize {
+        let (w, d) = (self.width, self.depth);
+        let first = (dim + self.time_embedding.out_dim()) * w + w;
+        let hidden = d.saturating_sub(1) * (w * w + w);
+        first + hidden + w * dim + dim
+    }
+
     /// Checks the hyperparameters are in range.
     pub fn validate(&self) -> Result<()> {
         if !(1..=16_384).contains(&self.width) {

@@ -247,3 +247,45 @@ fn settings_persist_across_restarts_and_reset_to_defaults() {
     h.state_mut().train_new();
     assert_eq!(h.state().config.seed, locked);
 }
+
+#[test]
+fn pick_a_dataset_and_a_solver_through_the_widgets() {
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.step == 4000 && a.snapshot.is_some()
+    });
+    // The solver is live: picking Euler redraws the preview with 20 evaluations.
+    h.get_by_role_and_label(Role::ComboBox, "method").click();
+    h.run_steps(3);
+    h.get_by_label("euler").click();
+    h.run_steps(3);
+    assert_eq!(
+        h.state().live.solver.kind,
+        flowlab::solver::SolverKind::Euler
+    );
+    step_until(&mut h, "the Euler preview", |a| {
+        a.snapshot.as_ref().is_some_and(|s| s.nfe == 20)
+    });
+    // The dataset needs a new run: picking it changes the settings, not the run.
+    h.get_by_role_and_label(Role::ComboBox, "dataset").click();
+    h.run_steps(3);
+    h.get_by_label("circles").click();
+    h.run_steps(3);
+    assert_eq!(h.state().config.dataset.name(), "circles");
+    assert_eq!(
+        h.state().run_config.as_ref().map(|c| c.dataset.name()),
+        Some("moons")
+    );
+    h.get_by_label("Train").click();
+    h.run_steps(4);
+    assert!(h.state().confirm_new_run, "asks before replacing the run");
+    h.get_by_label("Start a new run").click();
+    step_until(&mut h, "the circles run", |a| {
+        a.run_config
+            .as_ref()
+            .is_some_and(|c| c.dataset.name() == "circles")
+            && a.loss.len() >= 3
+    });
+    h.get_by_label("Pause").click();
+    step_until(&mut h, "the pause", |a| !a.running);
+}

@@ -371,3 +371,22 @@ fn fused_bias_add_and_linear_match_candle_in_value_and_gradient() {
         ) < 1e-5
     );
 }
+
+#[test]
+fn mlp_parameter_count_formula_matches_the_built_model() {
+    use flowlab::model::{MlpConfig, ModelConfig};
+    for (width, depth, shape) in [
+        (32usize, 1usize, vec![2usize]),
+        (64, 3, vec![2]),
+        (16, 2, vec![1, 28, 28]),
+    ] {
+        let cfg = MlpConfig {
+            width,
+            depth,
+            ..Default::default()
+        };
+        let dim: usize = shape.iter().product();
+        let built = ModelConfig::Mlp(cfg).param_count(&shape).expect("count");
+        assert_eq!(cfg.param_count(dim), built, "{width}x{depth} on {shape:?}");
+    }
+}
