@@ -151,6 +151,7 @@ impl FlowLabApp {
         let smoothed = smooth(&raw, v.smoothing);
         let held = prep(&self.held_out);
         let log_y = v.log_y;
+        let (raw_readout, smooth_readout) = (raw.clone(), smoothed.clone());
         Plot::new("loss_plot")
             .legend(Legend::default())
             .height(height - 36.0)
@@ -159,6 +160,32 @@ impl FlowLabApp {
                     format!("{:.3}", 10f64.powf(mark.value))
                 } else {
                     format!("{:.3}", mark.value)
+                }
+            })
+            .label_formatter(move |hover| {
+                let unlog = |v: f64| if log_y { 10f64.powf(v) } else { v };
+                match hover {
+                    egui_plot::HoverPosition::NearDataPoint {
+                        plot_name,
+                        position,
+                        index,
+                    } => {
+                        if *plot_name == "held-out loss" {
+                            Some(format!(
+                                "step {:.0}\nheld-out {:.4}",
+                                position.x,
+                                unlog(position.y)
+                            ))
+                        } else {
+                            let raw = raw_readout.get(*index).map_or(f64::NAN, |p| unlog(p[1]));
+                            let sm = smooth_readout.get(*index).map_or(f64::NAN, |p| unlog(p[1]));
+                            Some(format!(
+                                "step {:.0}\nraw {raw:.4}\nsmoothed {sm:.4}",
+                                position.x
+                            ))
+                        }
+                    }
+                    egui_plot::HoverPosition::Elsewhere { .. } => None,
                 }
             })
             .show(ui, |p| {
