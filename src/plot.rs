@@ -24,44 +24,131 @@ fn bounds_of(sets: &[&[f32]]) -> Option<[f32; 4]> {
     x_lo.is_finite().then_some([x_lo, x_hi, y_lo, y_hi])
 }
 
-/// Draws `points` (blue) over `reference` (grey) into a white `size x size` image
-/// whose square view covers `bounds` with a 5% margin.
+/// A 2D flow figure: what the app's flow view shows, for export.
+#[derive(Debug, Clone, Default)]
+pub struct FlowFigure {
+    /// Samples, flattened `(n, 2)`, drawn on top in blue.
+    pub points: Vec<f32>,
+    /// Target data, flattened `(m, 2)`, drawn underneath in grey.
+    pub reference: Vec<f32>,
+    /// Polylines (e.g. trajectories), drawn in light blue.
+    pub lines: Vec<Vec<[f32; 2]>>,
+    /// Arrows `(origin, tip)` (e.g. the velocity field), drawn in orange.
+    pub arrows: Vec<([f32; 2], [f32; 2])>,
+}
+
+/// Maps data coordinates into a `size x size` image with a square view of `bounds`.
+struct Canvas {
+    img: RgbImage,
+    centre: [f32; 2],
+    span: f32,
+}
+
+impl Canvas {
+    fn new(bounds: Option<[f32; 4]>, size: u32) -> Self {
+        let size = size.max(16);
+        let [x_lo, x_hi, y_lo, y_hi] = bounds.unwrap_or([-1.0, 1.0, -1.0, 1.0]);
+        Canvas {
+            img: RgbImage::from_pixel(size, size, Rgb([255, 255, 255])),
+            centre: [(x_hi + x_lo) / 2.0, (y_hi + y_lo) / 2.0],
+            span: (x_hi - x_lo).max(y_hi - y_lo).max(1e-6) * 1.1,
+        }
+    }
+
+    fn to_px(&self, [x, y]: [f32; 2]) -> (f32, f32) {
+        let s = self.img.width() as f32;
+        (
+            ((x - self.centre[0]) / self.span + 0.5) * s,
+            (0.5 - (y - self.centre[1]) / self.span) * s,
+        )
+    }
+
+    fn put(&mut self, px: f32, py: f32, colour: Rgb<u8>, r: i64) {
+        if !(px.is_finite() && py.is_finite()) {
+            return;
+        }
+        let size = i64::from(self.img.width());
+        for dx in -r..=r {
+            for dy in -r..=r {
+                let (qx, qy) = (px as i64 + dx, py as i64 + dy);
+                if (0..size).contains(&qx) && (0..size).contains(&qy) {
+                    self.img.put_pixel(qx as u32, qy as u32, colour);
+                }
+            }
+        }
+    }
+
+    fn dot(&mut self, p: [f32; 2], colour: Rgb<u8>) {
+        let (px, py) = self.to_px(p);
+        self.put(px, py, colour, 1);
+    }
+
+    /// A straight segment, sampled every half pixel.
+    fn segment(&mut self, a: [f32; 2], b: [f32; 2], colour: Rgb<u8>) {
+        let ((ax, ay), (bx, by)) = (self.to_px(a), self.to_px(b));
+        let len = ((bx - ax).powi(2) + (by - ay).powi(2)).sqrt();
+        if !len.is_finite() {
+            return;
+        }
+        let n = (2.0 * len).ceil().clamp(1.0, 4096.0) as usize;
+        for i in 0..=n {
+            let f = i as f32 / n as f32;
+            self.put(ax + f * (bx - ax), ay + f * (by - ay), colour, 0);
+        }
+    }
+}
+
+/// Draws a [`FlowFigure`] into a `size x size` image whose view covers the points and the reference.
+pub fn render_flow(fig: &FlowFigure, size: u32) -> RgbImage {
+    let origins: Vec<f32> = fig.arrows.iter().flat_map(|(o, _)| *o).collect();
+    let mut c = Canvas::new(bounds_of(&[&fig.points, &fig.reference, &origins]), size);
+    for &[x, y] in fig.reference.as_chunks::<2>().0 {
+        c.dot([x, y], Rgb([200, 200, 200]));
+    }
+    for line in &fig.lines {
+        for w in line.windows(2) {
+            if let [a, b] = w {
+                c.segment(*a, *b, Rgb([150, 200, 240]));
+            }
+        }
+    }
+    for &(o, tip) in &fig.arrows {
+        let orange = Rgb([240, 150, 30]);
+        c.segment(o, tip, orange);
+        // Two short barbs at the tip.
+        let (dx, dy) = (tip[0] - o[0], tip[1] - o[1]);
+        for (sx, sy) in [(0.866f32, 0.5f32), (0.866, -0.5)] {
+            let back = [
+                tip[0] - 0.3 * (dx * sx - dy * sy),
+                tip[1] - 0.3 * (dx * sy + dy * sx),
+            ];
+            c.segment(tip, back, orange);
+        }
+    }
+    for &[x, y] in fig.points.as_chunks::<2>().0 {
+        c.dot([x, y], Rgb([31, 119, 180]));
+    }
+    c.img
+}
+
+/// Draws `points` (blue) over `reference` (grey) with a square view of `bounds`.
 fn render_scatter(
     points: &[f32],
     reference: &[f32],
     bounds: Option<[f32; 4]>,
     size: u32,
 ) -> RgbImage {
-    let size = size.max(16);
-    let mut img = RgbImage::from_pixel(size, size, Rgb([255, 255, 255]));
-    let Some([x_lo, x_hi, y_lo, y_hi]) = bounds else {
-        return img;
-    };
-    let span = (x_hi - x_lo).max(y_hi - y_lo).max(1e-6) * 1.1;
-    let centre = [(x_hi + x_lo) / 2.0, (y_hi + y_lo) / 2.0];
-    let s = size as f32;
-    let mut dot = |x: f32, y: f32, colour: Rgb<u8>| {
-        let px = ((x - centre[0]) / span + 0.5) * s;
-        let py = (0.5 - (y - centre[1]) / span) * s;
-        if !(px.is_finite() && py.is_finite()) {
-            return;
-        }
-        for dx in -1i64..=1 {
-            for dy in -1i64..=1 {
-                let (qx, qy) = (px as i64 + dx, py as i64 + dy);
-                if (0..i64::from(size)).contains(&qx) && (0..i64::from(size)).contains(&qy) {
-                    img.put_pixel(qx as u32, qy as u32, colour);
-                }
-            }
-        }
-    };
+    let mut c = Canvas::new(bounds, size);
+    if bounds.is_none() {
+        return c.img;
+    }
     for &[x, y] in reference.as_chunks::<2>().0 {
-        dot(x, y, Rgb([200, 200, 200]));
+        c.dot([x, y], Rgb([200, 200, 200]));
     }
     for &[x, y] in points.as_chunks::<2>().0 {
-        dot(x, y, Rgb([31, 119, 180]));
+        c.dot([x, y], Rgb([31, 119, 180]));
     }
-    img
+    c.img
 }
 
 /// Renders flattened `(n, 2)` points as a `size x size` scatter plot, with

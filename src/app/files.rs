@@ -176,20 +176,35 @@ impl FlowLabApp {
         self.send(Command::Save(path.to_path_buf()));
     }
 
-    /// The flow view (particles at t over the data) as PNG bytes.
+    /// The flow view as PNG bytes: the layers that are on (particles at t,
+    /// trajectories, velocity arrows, data), drawn off-screen.
     pub fn flow_png(&self) -> crate::Result<Vec<u8>> {
-        let pts: Vec<f32> = self
-            .particles_at_t()
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|p| [p[0] as f32, p[1] as f32])
-            .collect();
-        let data: Vec<f32> = self
-            .data_points
-            .iter()
-            .flat_map(|p| [p[0] as f32, p[1] as f32])
-            .collect();
-        let img = crate::plot::scatter_png(&pts, Some(&data), 800);
+        let f32s = |v: &[[f64; 2]]| -> Vec<f32> {
+            v.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect()
+        };
+        let mut fig = crate::plot::FlowFigure::default();
+        if self.layers.particles {
+            fig.points = f32s(&self.particles_at_t().unwrap_or_default());
+        }
+        if self.layers.data {
+            fig.reference = f32s(&self.data_points);
+        }
+        if self.layers.trajectories {
+            fig.lines = self
+                .trajectories_to_t()
+                .iter()
+                .map(|l| l.iter().map(|p| [p[0] as f32, p[1] as f32]).collect())
+                .collect();
+        }
+        if self.layers.field {
+            let f32p = |p: [f64; 2]| [p[0] as f32, p[1] as f32];
+            fig.arrows = self
+                .field_arrows()
+                .into_iter()
+                .map(|(o, t)| (f32p(o), f32p(t)))
+                .collect();
+        }
+        let img = crate::plot::render_flow(&fig, 800);
         let mut buf = std::io::Cursor::new(Vec::new());
         img.write_to(&mut buf, image::ImageFormat::Png)
             .map_err(|e| crate::Error::config(format!("cannot encode PNG: {e}")))?;

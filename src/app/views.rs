@@ -281,27 +281,9 @@ impl FlowLabApp {
                         );
                     }
                 }
-                if self.layers.field
-                    && let Some(f) = &self.field
-                {
-                    let max = f
-                        .vectors
-                        .iter()
-                        .map(|[a, b]| (a * a + b * b).sqrt())
-                        .fold(1e-6f32, f32::max);
-                    let cell = ((bounds[1] - bounds[0]) / FIELD_GRID as f64) as f32;
-                    let k = 0.9 * cell / max;
-                    let origins: Vec<[f64; 2]> = f
-                        .points
-                        .iter()
-                        .map(|&[x, y]| [f64::from(x), f64::from(y)])
-                        .collect();
-                    let tips: Vec<[f64; 2]> = f
-                        .points
-                        .iter()
-                        .zip(&f.vectors)
-                        .map(|(&[x, y], &[a, b])| [f64::from(x + k * a), f64::from(y + k * b)])
-                        .collect();
+                if self.layers.field {
+                    let (origins, tips): (Vec<[f64; 2]>, Vec<[f64; 2]>) =
+                        self.field_arrows().into_iter().unzip();
                     p.arrows(
                         Arrows::new("velocity field", origins, tips)
                             .color(Color32::from_rgb(250, 200, 80)),
@@ -451,6 +433,29 @@ impl FlowLabApp {
     /// The preview particles at time `t`, linearly interpolated between solver states.
     pub fn particles_at_t(&self) -> Option<Vec<[f64; 2]>> {
         particles_at(self.snapshot.as_ref()?, self.t)
+    }
+
+    /// The velocity-field arrows `(origin, tip)`, scaled so the longest spans 90%
+    /// of a grid cell (empty until the worker has sent a field).
+    pub fn field_arrows(&self) -> Vec<([f64; 2], [f64; 2])> {
+        let Some(f) = &self.field else {
+            return Vec::new();
+        };
+        let max = f
+            .vectors
+            .iter()
+            .map(|[a, b]| (a * a + b * b).sqrt())
+            .fold(1e-6f32, f32::max);
+        let cell = (self.view_bounds[1] - self.view_bounds[0]) / FIELD_GRID as f64;
+        let k = 0.9 * cell / f64::from(max);
+        f.points
+            .iter()
+            .zip(&f.vectors)
+            .map(|(&[x, y], &[a, b])| {
+                let (x, y) = (f64::from(x), f64::from(y));
+                ([x, y], [x + k * f64::from(a), y + k * f64::from(b)])
+            })
+            .collect()
     }
 
     /// Paths of the first particles from t = 0 up to `t`.

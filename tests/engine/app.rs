@@ -107,6 +107,12 @@ fn layers_velocity_field_keys_and_playback() {
     h.get_by_label("velocity field").click();
     step_until(&mut h, "the velocity field", |a| a.field.is_some());
     let f = h.state().field.clone().expect("field");
+    // The PNG export draws the layers that are on: orange arrows now appear.
+    let png = image::load_from_memory(&h.state().flow_png().expect("png"))
+        .expect("decode")
+        .to_rgb8();
+    let orange = png.pixels().filter(|p| p.0 == [240, 150, 30]).count();
+    assert!(orange > 100, "{orange} arrow pixels");
     assert_eq!((f.points.len(), f.vectors.len()), (17 * 17, 17 * 17));
     assert_eq!(f.t, 1.0);
     assert!(
