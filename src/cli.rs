@@ -314,25 +314,28 @@ fn solver_config(a: &SolverArgs, base: SolverConfig) -> Result<SolverConfig> {
     Ok(s)
 }
 
-/// Fresh held-out points in data space (2D) or test images in model space.
-fn reference_points(
+/// Two independent sets of `n` fresh held-out points (draws 0 and 1 of the eval
+/// stream): in data space for 2D sets, in model space for images. The dataset is
+/// loaded once.
+fn reference_sets(
     meta: &CheckpointMeta,
     n: usize,
     seed: u64,
-    draw: u64,
     mnist_dir: Option<&Path>,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut kind = meta.config.dataset.clone();
     if let (DatasetKind::Mnist { dir }, Some(d)) = (&mut kind, mnist_dir) {
         *dir = Some(d.to_path_buf());
     }
     let ds = kind.build()?;
-    let mut rng = stream_rng(seed, Stream::Eval, draw);
-    let mut pts = ds.sample_held_out(n, &mut rng);
-    if !kind.is_image() {
-        ds.to_data_space(&mut pts);
-    }
-    Ok(pts)
+    let draw = |index: u64| {
+        let mut pts = ds.sample_held_out(n, &mut stream_rng(seed, Stream::Eval, index));
+        if !kind.is_image() {
+            ds.to_data_space(&mut pts);
+        }
+        pts
+    };
+    Ok((draw(0), draw(1)))
 }
 
 /// W2 of 2D samples (data space) to fresh held-out data, with the data-vs-data floor.
@@ -354,8 +357,7 @@ pub fn heldout_w2(
     )?
     .data;
     meta.to_data_space(&mut s);
-    let a = reference_points(meta, n, seed, 0, None)?;
-    let b = reference_points(meta, n, seed, 1, None)?;
+    let (a, b) = reference_sets(meta, n, seed, None)?;
     Ok((w2_exact(&s, &a, 2)?, w2_exact(&a, &b, 2)?))
 }
 
@@ -461,7 +463,8 @@ fn run_train(a: &TrainArgs) -> Result<()> {
         return Err(e);
     }
     // Keep the last good state even when training diverged or was interrupted.
-    Checkpoint::from_trainer(&tr)?.save(&a.out)?;
+    let checkpoint = Checkpoint::from_trainer(&tr)?;
+    checkpoint.save(&a.out)?;
     if let Err(e) = result {
         eprintln!(
             "saved the last good state (step {}) to {}; continue with --resume {}",
@@ -482,8 +485,13 @@ fn run_train(a: &TrainArgs) -> Result<()> {
         println!("held-out loss: {h:.4}");
     }
     if !cfg.dataset.is_image() {
-        let meta = Checkpoint::from_trainer(&tr)?.meta;
-        let (w2, floor) = heldout_w2(tr.sampling_model(), &meta, &cfg.solver, 2000, cfg.seed)?;
+        let (w2, floor) = heldout_w2(
+            tr.sampling_model(),
+            &checkpoint.meta,
+            &cfg.solver,
+            2000,
+            cfg.seed,
+        )?;
         println!(
             "held-out W2 ({}, 2000 samples): {w2:.4}  (two independent data sets: {floor:.4}, ratio {:.2})",
             cfg.solver.describe(),
@@ -619,8 +627,7 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
     let meta = &loaded.meta;
     let image = meta.config.dataset.is_image();
     let dim: usize = meta.sample_shape.iter().product();
-    let reference = reference_points(meta, a.n, a.seed, 0, a.mnist_dir.as_deref())?;
-    let reference2 = reference_points(meta, a.n, a.seed, 1, a.mnist_dir.as_deref())?;
+    let (reference, reference2) = reference_sets(meta, a.n, a.seed, a.mnist_dir.as_deref())?;
     let space = if image {
         "model space, pixels in [-1, 1]"
     } else {

@@ -101,7 +101,16 @@ impl Canvas {
 /// Draws a [`FlowFigure`] into a `size x size` image whose view covers the points and the reference.
 pub fn render_flow(fig: &FlowFigure, size: u32) -> RgbImage {
     let origins: Vec<f32> = fig.arrows.iter().flat_map(|(o, _)| *o).collect();
-    let mut c = Canvas::new(bounds_of(&[&fig.points, &fig.reference, &origins]), size);
+    draw_flow(
+        fig,
+        bounds_of(&[&fig.points, &fig.reference, &origins]),
+        size,
+    )
+}
+
+/// Draws a [`FlowFigure`] with a square view of `bounds`.
+fn draw_flow(fig: &FlowFigure, bounds: Option<[f32; 4]>, size: u32) -> RgbImage {
+    let mut c = Canvas::new(bounds, size);
     for &[x, y] in fig.reference.as_chunks::<2>().0 {
         c.dot([x, y], Rgb([200, 200, 200]));
     }
@@ -131,31 +140,16 @@ pub fn render_flow(fig: &FlowFigure, size: u32) -> RgbImage {
     c.img
 }
 
-/// Draws `points` (blue) over `reference` (grey) with a square view of `bounds`.
-fn render_scatter(
-    points: &[f32],
-    reference: &[f32],
-    bounds: Option<[f32; 4]>,
-    size: u32,
-) -> RgbImage {
-    let mut c = Canvas::new(bounds, size);
-    if bounds.is_none() {
-        return c.img;
-    }
-    for &[x, y] in reference.as_chunks::<2>().0 {
-        c.dot([x, y], Rgb([200, 200, 200]));
-    }
-    for &[x, y] in points.as_chunks::<2>().0 {
-        c.dot([x, y], Rgb([31, 119, 180]));
-    }
-    c.img
-}
-
 /// Renders flattened `(n, 2)` points as a `size x size` scatter plot, with
 /// optional `reference` points drawn underneath in grey. Bounds cover both sets.
 pub fn scatter_png(points: &[f32], reference: Option<&[f32]>, size: u32) -> RgbImage {
     let reference = reference.unwrap_or_default();
-    render_scatter(points, reference, bounds_of(&[points, reference]), size)
+    let fig = FlowFigure {
+        points: points.to_vec(),
+        reference: reference.to_vec(),
+        ..Default::default()
+    };
+    draw_flow(&fig, bounds_of(&[points, reference]), size)
 }
 
 /// Tiles `n` greyscale images of `rows x cols` pixels (values 0-255, flattened
@@ -218,9 +212,13 @@ pub fn sweep_gif(
     {
         let mut enc = GifEncoder::new_with_speed(&mut out, 10);
         enc.set_repeat(Repeat::Infinite).map_err(gif_err)?;
+        let mut fig = FlowFigure {
+            reference: reference.to_vec(),
+            ..Default::default()
+        };
         for pts in frames {
-            let rgba = image::DynamicImage::ImageRgb8(render_scatter(pts, reference, bounds, size))
-                .into_rgba8();
+            fig.points.clone_from(pts);
+            let rgba = image::DynamicImage::ImageRgb8(draw_flow(&fig, bounds, size)).into_rgba8();
             let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
             enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
                 .map_err(gif_err)?;

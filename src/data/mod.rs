@@ -61,8 +61,8 @@ impl DatasetKind {
         }
     }
 
-    /// Shape of one sample in model space: `[2]` for 2D sets, `[1, 28, 28]` for MNIST.
-    /// Image sizes are only known once an image set is loaded; see [`Dataset::sample_shape`].
+    /// Whether samples are images (their size is known once the set is loaded;
+    /// see [`Dataset::sample_shape`]).
     pub fn is_image(&self) -> bool {
         matches!(self, DatasetKind::Mnist { .. })
     }

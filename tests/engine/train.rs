@@ -281,18 +281,10 @@ fn fused_silu_matches_candle_in_value_and_gradient() {
             .expect("w")
             .affine(1e-3, 0.5)
             .expect("w");
-        let g1 = (ours * &w)
-            .expect("mul")
-            .sum_all()
-            .expect("sum")
-            .backward()
-            .expect("grad");
-        let g2 = (reference * &w)
-            .expect("mul")
-            .sum_all()
-            .expect("sum")
-            .backward()
-            .expect("grad");
+        let (g1, g2) = (
+            weighted_sum_grads(&ours, &w),
+            weighted_sum_grads(&reference, &w),
+        );
         let (g1, g2) = (
             g1.get(x.as_tensor()).expect("g1"),
             g2.get(x.as_tensor()).expect("g2"),
@@ -334,18 +326,10 @@ fn fused_bias_add_and_linear_match_candle_in_value_and_gradient() {
             .expect("w")
             .affine(1e-3, -0.2)
             .expect("w");
-        let g1 = (ours * &w)
-            .expect("mul")
-            .sum_all()
-            .expect("sum")
-            .backward()
-            .expect("grad");
-        let g2 = (reference * &w)
-            .expect("mul")
-            .sum_all()
-            .expect("sum")
-            .backward()
-            .expect("grad");
+        let (g1, g2) = (
+            weighted_sum_grads(&ours, &w),
+            weighted_sum_grads(&reference, &w),
+        );
         for v in [&x, &b] {
             let (a, c) = (
                 g1.get(v.as_tensor()).expect("g"),
@@ -389,4 +373,14 @@ fn mlp_parameter_count_formula_matches_the_built_model() {
         let built = ModelConfig::Mlp(cfg).param_count(&shape).expect("count");
         assert_eq!(cfg.param_count(dim), built, "{width}x{depth} on {shape:?}");
     }
+}
+
+/// Gradients of `sum(y * w)` with respect to everything `y` depends on.
+fn weighted_sum_grads(y: &Tensor, w: &Tensor) -> candle_core::backprop::GradStore {
+    (y * w)
+        .expect("mul")
+        .sum_all()
+        .expect("sum")
+        .backward()
+        .expect("grad")
 }
