@@ -47,3 +47,13 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn t64(v: Vec<f64>, n: usize, d: usize) -> Tensor {
     Tensor::from_vec(v, (n, d), &Device::Cpu).expect("tensor")
 }
+
+/// Gradients of `sum(y * w)` with respect to everything `y` depends on.
+pub fn weighted_sum_grads(y: &Tensor, w: &Tensor) -> candle_core::backprop::GradStore {
+    (y * w)
+        .expect("mul")
+        .sum_all()
+        .expect("sum")
+        .backward()
+        .expect("grad")
+}

@@ -8,6 +8,7 @@ mod common;
 mod data;
 mod flow;
 mod metrics;
+mod ops;
 mod solver;
 mod train;
 mod worker;

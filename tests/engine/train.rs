@@ -9,7 +9,7 @@ use flowlab::data::{Dataset, Standardizer, Toy2d, ToyDataset};
 use flowlab::train::{AdamW, OptimizerConfig, RunEnd, TrainConfig, Trainer};
 use rand::rngs::StdRng;
 
-use crate::common::{max_diff, tiny_config};
+use crate::common::{max_diff, tiny_config, weighted_sum_grads};
 
 fn losses(cfg: &TrainConfig, steps: u64) -> Vec<f32> {
     let mut tr = Trainer::new(cfg.clone(), &Device::Cpu).expect("trainer");
@@ -373,14 +373,4 @@ fn mlp_parameter_count_formula_matches_the_built_model() {
         let built = ModelConfig::Mlp(cfg).param_count(&shape).expect("count");
         assert_eq!(cfg.param_count(dim), built, "{width}x{depth} on {shape:?}");
     }
-}
-
-/// Gradients of `sum(y * w)` with respect to everything `y` depends on.
-fn weighted_sum_grads(y: &Tensor, w: &Tensor) -> candle_core::backprop::GradStore {
-    (y * w)
-        .expect("mul")
-        .sum_all()
-        .expect("sum")
-        .backward()
-        .expect("grad")
 }

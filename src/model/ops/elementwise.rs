@@ -1,4 +1,4 @@
-//! Fused CPU kernels for the hot elementwise ops.
+//! Fused elementwise kernels: SiLU and the bias add of linear layers.
 //!
 //! candle's SiLU calls the scalar `expf` of libm once per element on one thread
 //! and its gradient takes several more passes over memory. On the CPU FlowLab
@@ -10,8 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Elements per parallel chunk (below this a tensor is done on one thread).
-const CHUNK: usize = 1 << 15;
+use super::{CHUNK, contiguous_f32};
 
 /// e^x for f32, written so the compiler vectorises it: range reduction
 /// x = k ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^k built
@@ -33,7 +32,7 @@ pub fn fast_exp(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fast_exp(-x))
 }
 
@@ -110,18 +109,6 @@ fn silu_grad_best(out: &mut [f32], x: &[f32], g: &[f32]) {
         }
     }
     silu_grad_kernel(out, x, g)
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: expected an f32 tensor")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => v
-            .get(a..b)
-            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: bad layout"))),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
 }
 
 /// SiLU x·σ(x) with a fused gradient.
