@@ -73,6 +73,9 @@ pub struct TrainArgs {
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Network: mlp (2D data) or unet (images).
+    #[arg(long)]
+    pub model: Option<String>,
     /// Hidden width of the MLP.
     #[arg(long)]
     pub width: Option<usize>,
@@ -192,7 +195,8 @@ pub struct BenchArgs {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only the workloads whose name contains this text (e.g. `4x512`, `moons`).
+    /// Only the workloads whose name contains this text (e.g. `4x512`, `moons`,
+    /// `unet`, `conv`, `ops`).
     #[arg(long)]
     pub only: Option<String>,
     /// Device: cpu, cuda or metal.
@@ -272,16 +276,38 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = a.ema {
         cfg.ema_decay = (v > 0.0).then_some(v);
     }
-    let ModelConfig::Mlp(mlp) = &mut cfg.model;
-    if let Some(v) = a.width {
-        mlp.width = v;
+    match a.model.as_deref() {
+        None => {}
+        Some("mlp") if !matches!(cfg.model, ModelConfig::Mlp(_)) => {
+            cfg.model = ModelConfig::Mlp(Default::default())
+        }
+        Some("unet") if !matches!(cfg.model, ModelConfig::Unet(_)) => {
+            cfg.model = ModelConfig::Unet(Default::default())
+        }
+        Some("mlp" | "unet") => {}
+        Some(name) => return Err(unknown("model", name, &["mlp", "unet"])),
     }
-    if let Some(v) = a.depth {
-        mlp.depth = v;
-    }
-    if let Some(name) = &a.activation {
-        mlp.activation = Activation::from_name(name)
-            .ok_or_else(|| unknown("activation", name, &Activation::ALL.map(|x| x.name())))?;
+    let mlp_flags = a.width.is_some() || a.depth.is_some() || a.activation.is_some();
+    match &mut cfg.model {
+        ModelConfig::Mlp(mlp) => {
+            if let Some(v) = a.width {
+                mlp.width = v;
+            }
+            if let Some(v) = a.depth {
+                mlp.depth = v;
+            }
+            if let Some(name) = &a.activation {
+                mlp.activation = Activation::from_name(name).ok_or_else(|| {
+                    unknown("activation", name, &Activation::ALL.map(|x| x.name()))
+                })?;
+            }
+        }
+        ModelConfig::Unet(_) if mlp_flags => {
+            return Err(Error::config(
+                "--width, --depth and --activation apply to the MLP; set the UNet in a --config JSON",
+            ));
+        }
+        ModelConfig::Unet(_) => {}
     }
     if let Some(name) = &a.scheduler {
         cfg.scheduler = Scheduler::from_name(name)
@@ -504,6 +530,12 @@ fn run_train(a: &TrainArgs) -> Result<()> {
 fn describe_model(m: &ModelConfig) -> String {
     match m {
         ModelConfig::Mlp(c) => format!("an MLP {}x{} ({})", c.depth, c.width, c.activation.name()),
+        ModelConfig::Unet(c) => format!(
+            "a UNet (channels {:?}, {} block(s) per level{})",
+            c.channels,
+            c.blocks,
+            if c.attention { ", attention" } else { "" }
+        ),
     }
 }
 
@@ -697,70 +729,14 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
 }
 
 /// Runs `f` repeatedly for about `seconds` after one warm-up call; returns calls per second.
-fn rate(seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let started = Instant::now();
-    let mut n = 0u64;
-    while started.elapsed().as_secs_f64() < seconds || n < 3 {
-        f()?;
-        n += 1;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
 fn run_bench(a: &BenchArgs) -> Result<()> {
-    let dev = device(&a.device)?;
-    let mut rows = Vec::new();
-    let big = TrainConfig {
-        model: ModelConfig::Mlp(crate::model::MlpConfig {
-            width: 512,
-            depth: 4,
-            ..Default::default()
-        }),
-        batch_size: 4096,
-        held_out_every: 0,
-        ..Default::default()
+    let opts = crate::bench::BenchOptions {
+        seconds: a.seconds,
+        only: a.only.clone(),
+        device: device(&a.device)?,
+        device_name: a.device.clone(),
     };
-    let small = TrainConfig {
-        held_out_every: 0,
-        ..Default::default()
-    };
-    for (name, cfg) in [
-        ("4x512 SiLU MLP, batch 4096", big),
-        ("default moons (3x256 SiLU MLP, batch 512)", small),
-    ] {
-        if a.only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
-            continue;
-        }
-        eprintln!("benchmarking {name} ...");
-        let mut tr = Trainer::new(cfg.clone(), &dev)?;
-        let steps = rate(a.seconds, || tr.step().map(|_| ()))?;
-        let x0 = crate::rng::noise(4096, &[2], 0, 0, &dev)?;
-        let solver = SolverConfig::fixed(SolverKind::Midpoint, 20);
-        let model = tr.sampling_model();
-        let sampling = rate(a.seconds, || {
-            crate::sample::sample_from(model, &x0, &solver, false).map(|_| ())
-        })?;
-        rows.push(format!(
-            "| {name} | {:.2} | {:.1} | {:.0} |",
-            steps,
-            1000.0 / steps,
-            sampling * 4096.0
-        ));
-    }
-    let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "unset".into());
-    let mut table = format!(
-        "flowlab {} on {} (CANDLE_NUM_THREADS={threads}, {} logical CPUs)\n\n| workload | train steps/s | ms/step | samples/s (midpoint, 20 steps, batch 4096) |\n|---|---|---|---|\n",
-        env!("CARGO_PKG_VERSION"),
-        a.device,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-    for r in rows {
-        table.push_str(&r);
-        table.push('\n');
-    }
+    let table = crate::bench::run(&opts)?;
     print!("{table}");
     if let Some(p) = &a.out {
         crate::fsutil::write_atomic(p, table.as_bytes())?;

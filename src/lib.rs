@@ -4,17 +4,20 @@
 //!
 //! * [`data`]: seeded 2D toy sets and MNIST-layout image sets;
 //! * [`flow`]: schedulers, affine probability paths, training-time sampling;
-//! * [`model`]: velocity fields (the MLP) behind the [`model::VelocityField`] trait;
+//! * [`model`]: velocity fields (MLP, UNet) behind the [`model::VelocityField`] trait,
+//!   and fast CPU kernels ([`model::ops`]);
 //! * [`solver`]: fixed-step and adaptive ODE solvers with NFE counts;
 //! * [`train`]: configuration, AdamW, and the training loop;
 //! * [`checkpoint`]: single-file safetensors checkpoints;
-//! * [`metrics`]: exact and sliced 2-Wasserstein distances.
+//! * [`metrics`]: exact and sliced 2-Wasserstein distances;
+//! * [`bench`]: the speed measurements behind `flowlab bench`.
 //!
 //! **Time convention: t = 0 is noise (x_0 ~ N(0, I)), t = 1 is data (x_1).**
 //! Paths are x_t = alpha_t x_1 + sigma_t x_0 (Lipman et al., arXiv 2412.06264).
 
 #[cfg(feature = "gui")]
 pub mod app;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -40,28 +40,39 @@ impl FlowLabApp {
 
         ui.separator();
         ui.heading("Model (new run)");
-        let ModelConfig::Mlp(m) = &mut self.config.model;
-        ui.add(
-            egui::Slider::new(&mut m.width, 16..=1024)
-                .logarithmic(true)
-                .text("width"),
-        )
-        .on_hover_text("Units per hidden layer");
-        ui.add(egui::Slider::new(&mut m.depth, 1..=8).text("depth"))
-            .on_hover_text("Number of hidden layers");
-        egui::ComboBox::from_label("activation")
-            .selected_text(m.activation.name())
-            .show_ui(ui, |ui| {
-                for a in Activation::ALL {
-                    ui.selectable_value(&mut m.activation, a, a.name());
-                }
-            })
-            .response
-            .on_hover_text("Nonlinearity between hidden layers (needs a new run)");
-        ui.label(format!(
-            "{} parameters with these settings",
-            m.param_count(2)
-        ));
+        match &mut self.config.model {
+            ModelConfig::Mlp(m) => {
+                ui.add(
+                    egui::Slider::new(&mut m.width, 16..=1024)
+                        .logarithmic(true)
+                        .text("width"),
+                )
+                .on_hover_text("Units per hidden layer");
+                ui.add(egui::Slider::new(&mut m.depth, 1..=8).text("depth"))
+                    .on_hover_text("Number of hidden layers");
+                egui::ComboBox::from_label("activation")
+                    .selected_text(m.activation.name())
+                    .show_ui(ui, |ui| {
+                        for a in Activation::ALL {
+                            ui.selectable_value(&mut m.activation, a, a.name());
+                        }
+                    })
+                    .response
+                    .on_hover_text("Nonlinearity between hidden layers (needs a new run)");
+                ui.label(format!(
+                    "{} parameters with these settings",
+                    m.param_count(2)
+                ));
+            }
+            ModelConfig::Unet(u) => {
+                ui.label(format!(
+                    "UNet: channels {:?}, {} block(s) per level{}",
+                    u.channels,
+                    u.blocks,
+                    if u.attention { ", attention" } else { "" }
+                ));
+            }
+        }
         ui.label(format!(
             "{} parameters in the current run",
             self.param_count

@@ -1,8 +1,10 @@
-//! Velocity fields v(x, t): the [`VelocityField`] trait, model configs, and the MLP.
+//! Velocity fields v(x, t): the [`VelocityField`] trait, model configs, the MLP
+//! for low-dimensional data and the UNet for images.
 
 pub mod embedding;
 pub mod mlp;
 pub mod ops;
+pub mod unet;
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use embedding::{TimeEmbedding, TimeEmbeddingConfig};
 pub use mlp::{Mlp, MlpConfig};
+pub use unet::{Unet, UnetConfig};
 
 use crate::Result;
 
@@ -31,7 +34,7 @@ where
     }
 }
 
-/// A trainable velocity network (MLP now, UNet later).
+/// A trainable velocity network (MLP or UNet).
 pub trait FlowModel: VelocityField + Send + Sync {
     /// The configuration that rebuilds this model.
     fn config(&self) -> ModelConfig;
@@ -98,6 +101,8 @@ impl Activation {
 pub enum ModelConfig {
     /// A multi-layer perceptron on flattened samples.
     Mlp(MlpConfig),
+    /// A convolutional UNet on images `(channels, height, width)`.
+    Unet(UnetConfig),
 }
 
 impl Default for ModelConfig {
@@ -111,6 +116,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             ModelConfig::Mlp(c) => c.validate(),
+            ModelConfig::Unet(c) => c.validate(),
         }
     }
 
@@ -120,6 +126,7 @@ impl ModelConfig {
     pub fn build(&self, sample_shape: &[usize], vb: VarBuilder) -> Result<Box<dyn FlowModel>> {
         match self {
             ModelConfig::Mlp(c) => Ok(Box::new(Mlp::new(*c, sample_shape, vb)?)),
+            ModelConfig::Unet(c) => Ok(Box::new(Unet::new(c.clone(), sample_shape, vb)?)),
         }
     }
 

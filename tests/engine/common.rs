@@ -12,9 +12,10 @@ pub fn tiny_config(steps: u64) -> TrainConfig {
         held_out_every: 10,
         ..Default::default()
     };
-    let flowlab::model::ModelConfig::Mlp(m) = &mut cfg.model;
-    m.width = 32;
-    m.depth = 2;
+    if let flowlab::model::ModelConfig::Mlp(m) = &mut cfg.model {
+        m.width = 32;
+        m.depth = 2;
+    }
     cfg
 }
 

@@ -1,14 +1,15 @@
 //! 2D convolution (NCHW) for candle's CPU backend: im2col into a contiguous
-//! buffer and one `gemm` product per sample for the forward pass, and a fused
-//! backward that computes the input, kernel and bias gradients in one pass over
-//! the batch (the input gradient by a product with the transposed kernel and a
-//! col2im scatter). Samples run in parallel on rayon's pool; each product then
-//! stays on one thread.
+//! buffer and one `gemm` product per chunk of samples for the forward pass, and
+//! a fused backward that computes the input, kernel and bias gradients in one
+//! pass over the batch (the input gradient by a product with the transposed
+//! kernel and a col2im scatter). Chunks run in parallel on rayon's pool; each
+//! product then stays on one thread. Small images are grouped several to a
+//! chunk, so that every product is wide enough to run gemm at full speed.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Mat, Threads, chunk_len, contiguous_f32, fast_path, gemm, unpack};
+use super::{Mat, Threads, contiguous_f32, fast_path, gemm, unpack, with_scratch};
 
 /// Stride, zero padding and dilation of a 2D convolution (the same along both axes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,9 +116,8 @@ impl Geometry {
         self.c_out * self.out_pixels()
     }
 
-    /// A 1x1 kernel with stride 1 and no padding: the input itself is the im2col matrix.
-    fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.p.stride == 1 && self.p.padding == 0
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.batch, self.c_out, self.ho, self.wo))
     }
 
     /// For kernel tap `k` along an axis with `n_out` outputs and `n_in` inputs:
@@ -134,33 +134,73 @@ impl Geometry {
     }
 }
 
-/// Fills `col` (`taps x ho·wo`, row-major) with the input patches of one sample
-/// `x` (`c_in x h x w`), zeros where a tap falls in the padding.
-fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
-    let (s, npix) = (g.p.stride, g.out_pixels());
-    let mut rows = col.chunks_exact_mut(npix);
-    for plane in x.chunks_exact(g.h * g.w) {
+/// Samples whose patches go side by side into one im2col matrix, so that each
+/// product has about this many columns at most (small images would otherwise
+/// give thin products that spend their time repacking the kernel) ...
+const MAX_COLUMNS: usize = 1536;
+
+/// ... and at least this many, where the samples allow it ...
+const MIN_COLUMNS: usize = 256;
+
+/// ... while the im2col matrix stays within about this many floats (it is
+/// written and then read back by the product, so it should stay in cache).
+const COLUMN_BUDGET: usize = 1 << 19;
+
+/// Samples per chunk for `batch` samples with `taps` kernel taps and `pixels`
+/// output pixels: fixed by the shapes alone, so results do not depend on the
+/// number of threads.
+fn samples_per_chunk(batch: usize, taps: usize, pixels: usize) -> usize {
+    let columns = (COLUMN_BUDGET / taps.max(1)).clamp(MIN_COLUMNS, MAX_COLUMNS);
+    columns.div_ceil(pixels.max(1)).clamp(1, (batch / 4).max(1))
+}
+
+/// Fills this sample's columns `[off, off + ho·wo)` of every row of `col` (row
+/// `r` starts at `r · ld`; rows are the kernel taps) with the patches of `x`
+/// (`c_in x h x w`), zeros where a tap falls in the padding.
+fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
+    let (s, npix, plane_len) = (g.p.stride, g.out_pixels(), g.h * g.w);
+    let contiguous = s == 1 && g.wo == g.w;
+    let mut tap = 0;
+    for plane in x.chunks_exact(plane_len) {
         for ky in 0..g.kh {
             let (ylo, yhi, yoff) = g.valid(ky, g.ho, g.h);
             for kx in 0..g.kw {
                 let (xlo, xhi, xoff) = g.valid(kx, g.wo, g.w);
-                let Some(row) = rows.next() else { return };
+                let Some(row) = col.get_mut(tap * ld + off..tap * ld + off + npix) else {
+                    return;
+                };
+                tap += 1;
+                if contiguous {
+                    // Output pixel i reads input pixel i + shift: one copy for the
+                    // valid rows, then zero the columns that wrapped around.
+                    let shift = yoff * g.w as isize + xoff;
+                    let (d0, d1) = (ylo * g.w, yhi * g.w);
+                    let s0 = (d0 as isize + shift).max(0) as usize;
+                    let s1 = ((d1 as isize + shift).max(0) as usize).min(plane_len);
+                    let start = (s0 as isize - shift) as usize;
+                    if s1 > s0 {
+                        row[start..start + (s1 - s0)].copy_from_slice(&plane[s0..s1]);
+                    }
+                    row[..d0].fill(0.0);
+                    row[d1..].fill(0.0);
+                    for r in row[d0..d1].chunks_exact_mut(g.wo) {
+                        r[..xlo].fill(0.0);
+                        r[xhi..].fill(0.0);
+                    }
+                    continue;
+                }
                 for (oy, dst) in row.chunks_exact_mut(g.wo).enumerate() {
                     if oy < ylo || oy >= yhi {
                         dst.fill(0.0);
                         continue;
                     }
-                    let iy = (oy * s) as isize + yoff;
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let iy = ((oy * s) as isize + yoff) as usize;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
                     dst[..xlo].fill(0.0);
                     dst[xhi..].fill(0.0);
                     let first = ((xlo * s) as isize + xoff) as usize;
-                    if s == 1 {
-                        dst[xlo..xhi].copy_from_slice(&src[first..first + (xhi - xlo)]);
-                    } else {
-                        for (d, v) in dst[xlo..xhi].iter_mut().zip(src[first..].iter().step_by(s)) {
-                            *d = *v;
-                        }
+                    for (d, v) in dst[xlo..xhi].iter_mut().zip(src[first..].iter().step_by(s)) {
+                        *d = *v;
                     }
                 }
             }
@@ -168,32 +208,46 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: adds every entry of `col` to the input pixel it
-/// was read from. `dx` (`c_in x h x w`) must start at zero.
-fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
-    let (s, npix) = (g.p.stride, g.out_pixels());
-    let mut rows = col.chunks_exact(npix);
-    for plane in dx.chunks_exact_mut(g.h * g.w) {
+/// The adjoint of [`im2col`]: adds this sample's columns of `col` to the input
+/// pixels they were read from, in `dx` (`c_in x h x w`, which must start at
+/// zero). The padding entries of `col` are overwritten with zeros.
+fn col2im(g: &Geometry, col: &mut [f32], ld: usize, off: usize, dx: &mut [f32]) {
+    let (s, npix, plane_len) = (g.p.stride, g.out_pixels(), g.h * g.w);
+    let contiguous = s == 1 && g.wo == g.w;
+    let mut tap = 0;
+    for plane in dx.chunks_exact_mut(plane_len) {
         for ky in 0..g.kh {
             let (ylo, yhi, yoff) = g.valid(ky, g.ho, g.h);
             for kx in 0..g.kw {
                 let (xlo, xhi, xoff) = g.valid(kx, g.wo, g.w);
-                let Some(row) = rows.next() else { return };
+                let Some(row) = col.get_mut(tap * ld + off..tap * ld + off + npix) else {
+                    return;
+                };
+                tap += 1;
+                if contiguous {
+                    // Zero the entries that read padding, then one contiguous add.
+                    let shift = yoff * g.w as isize + xoff;
+                    let (d0, d1) = (ylo * g.w, yhi * g.w);
+                    for r in row[d0..d1].chunks_exact_mut(g.wo) {
+                        r[..xlo].fill(0.0);
+                        r[xhi..].fill(0.0);
+                    }
+                    let s0 = (d0 as isize + shift).max(0) as usize;
+                    let s1 = ((d1 as isize + shift).max(0) as usize).min(plane_len);
+                    let start = (s0 as isize - shift) as usize;
+                    if s1 > s0 {
+                        for (d, v) in plane[s0..s1].iter_mut().zip(&row[start..]) {
+                            *d += v;
+                        }
+                    }
+                    continue;
+                }
                 for (oy, src) in row.chunks_exact(g.wo).enumerate().take(yhi).skip(ylo) {
                     let iy = ((oy * s) as isize + yoff) as usize;
                     let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
                     let first = ((xlo * s) as isize + xoff) as usize;
-                    if s == 1 {
-                        for (d, v) in dst[first..first + (xhi - xlo)]
-                            .iter_mut()
-                            .zip(&src[xlo..xhi])
-                        {
-                            *d += v;
-                        }
-                    } else {
-                        for (d, v) in dst[first..].iter_mut().step_by(s).zip(&src[xlo..xhi]) {
-                            *d += v;
-                        }
+                    for (d, v) in dst[first..].iter_mut().step_by(s).zip(&src[xlo..xhi]) {
+                        *d += v;
                     }
                 }
             }
@@ -231,34 +285,47 @@ impl CustomOp3 for Conv2dOp {
                 g.c_out
             );
         }
-        let (npix, taps) = (g.out_pixels(), g.taps());
+        let (npix, taps, out_len, in_len) = (g.out_pixels(), g.taps(), g.out_len(), g.in_len());
+        let mut out = vec![0f32; g.batch * out_len];
+        if g.batch == 0 || out_len == 0 || in_len == 0 {
+            return Ok((CpuStorage::F32(out), g.out_shape()));
+        }
         let kernel = Mat::new(k, g.c_out, taps);
-        let threads = Threads::for_tasks(g.batch);
-        let col_len = if g.pointwise() { 0 } else { taps * npix };
-        let mut out = vec![0f32; g.batch * g.out_len()];
-        if g.batch > 0 && g.out_len() > 0 {
-            out.par_chunks_mut(g.out_len())
-                .zip(x.par_chunks(g.in_len().max(1)))
-                .try_for_each_init(
-                    || vec![0f32; col_len],
-                    |col, (out, x)| {
-                        for (row, &b) in out.chunks_exact_mut(npix).zip(bias) {
+        let per = samples_per_chunk(g.batch, taps, npix);
+        let threads = Threads::for_tasks(g.batch.div_ceil(per));
+        out.par_chunks_mut(per * out_len)
+            .zip(x.par_chunks(per * in_len))
+            .try_for_each(|(out, x)| {
+                let ld = (x.len() / in_len) * npix;
+                let single = ld == npix;
+                with_scratch(taps * ld + if single { 0 } else { g.c_out * ld }, |buf| {
+                    let (col, tmp) = buf.split_at_mut(taps * ld);
+                    for (j, x) in x.chunks_exact(in_len).enumerate() {
+                        im2col(&g, x, col, ld, j * npix);
+                    }
+                    let patches = Mat::new(col, taps, ld);
+                    if single {
+                        // One sample: the product goes straight into the output.
+                        for (row, &b) in out.chunks_exact_mut(ld).zip(bias) {
                             row.fill(b);
                         }
-                        let patches = if g.pointwise() {
-                            Mat::new(x, taps, npix)
-                        } else {
-                            im2col(&g, x, col);
-                            Mat::new(col, taps, npix)
-                        };
-                        gemm(out, kernel, patches, true, threads)
-                    },
-                )?;
-        }
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((g.batch, g.c_out, g.ho, g.wo)),
-        ))
+                        return gemm(out, kernel, patches, true, threads);
+                    }
+                    for (row, &b) in tmp.chunks_exact_mut(ld).zip(bias) {
+                        row.fill(b);
+                    }
+                    gemm(tmp, kernel, patches, true, threads)?;
+                    // (c_out, samples · pixels) -> (samples, c_out, pixels).
+                    for (co, row) in tmp.chunks_exact(ld).enumerate() {
+                        for (j, part) in row.chunks_exact(npix).enumerate() {
+                            let at = j * out_len + co * npix;
+                            out[at..at + npix].copy_from_slice(part);
+                        }
+                    }
+                    Ok::<(), candle_core::Error>(())
+                })
+            })?;
+        Ok((CpuStorage::F32(out), g.out_shape()))
     }
 
     fn bwd(
@@ -298,52 +365,61 @@ impl CustomOp3 for Conv2dBackward {
         let x = contiguous_f32(s1, l1, "conv2d-backward")?;
         let k = contiguous_f32(s2, l2, "conv2d-backward")?;
         let gy = contiguous_f32(s3, l3, "conv2d-backward")?;
-        if gy.len() != g.batch * g.out_len() {
+        let (npix, taps, out_len, in_len) = (g.out_pixels(), g.taps(), g.out_len(), g.in_len());
+        if gy.len() != g.batch * out_len {
             candle_core::bail!("conv2d-backward: gradient has {} values", gy.len());
         }
-        let (npix, taps) = (g.out_pixels(), g.taps());
-        let (dk_len, dx_len) = (g.c_out * taps, g.batch * g.in_len());
+        let (dk_len, dx_len) = (g.c_out * taps, g.batch * in_len);
         let mut packed = vec![0f32; dx_len + dk_len + g.c_out];
-        if g.batch == 0 || g.out_len() == 0 || g.in_len() == 0 {
+        if g.batch == 0 || out_len == 0 || in_len == 0 {
             let n = packed.len();
             return Ok((CpuStorage::F32(packed), Shape::from(n)));
         }
         let kernel = Mat::new(k, g.c_out, taps);
-        let per = chunk_len(g.batch);
+        let per = samples_per_chunk(g.batch, taps, npix);
         let threads = Threads::for_tasks(g.batch.div_ceil(per));
-        let col_len = if g.pointwise() { 0 } else { taps * npix };
         let (dx, rest) = packed.split_at_mut(dx_len);
         // Each chunk of samples returns its partial kernel and bias gradients;
         // they are summed below in chunk order.
         let partials = dx
-            .par_chunks_mut(per * g.in_len())
-            .zip(x.par_chunks(per * g.in_len()))
-            .zip(gy.par_chunks(per * g.out_len()))
+            .par_chunks_mut(per * in_len)
+            .zip(x.par_chunks(per * in_len))
+            .zip(gy.par_chunks(per * out_len))
             .map(|((dx, x), gy)| {
                 let mut dk = vec![0f32; dk_len];
                 let mut db = vec![0f32; g.c_out];
-                let mut col = vec![0f32; col_len];
-                let mut dcol = vec![0f32; col_len];
-                let samples = dx
-                    .chunks_exact_mut(g.in_len())
-                    .zip(x.chunks_exact(g.in_len()))
-                    .zip(gy.chunks_exact(g.out_len()));
-                for ((dx, x), gy) in samples {
-                    for (d, row) in db.iter_mut().zip(gy.chunks_exact(npix)) {
+                let ld = (x.len() / in_len) * npix;
+                let single = ld == npix;
+                let scratch = 2 * taps * ld + if single { 0 } else { g.c_out * ld };
+                with_scratch(scratch, |buf| {
+                    let (col, rest) = buf.split_at_mut(taps * ld);
+                    let (dcol, gbuf) = rest.split_at_mut(taps * ld);
+                    // The output gradient as (c_out, samples · pixels).
+                    let grad: &[f32] = if single {
+                        gy
+                    } else {
+                        for (j, sample) in gy.chunks_exact(out_len).enumerate() {
+                            for (co, part) in sample.chunks_exact(npix).enumerate() {
+                                let at = co * ld + j * npix;
+                                gbuf[at..at + npix].copy_from_slice(part);
+                            }
+                        }
+                        gbuf
+                    };
+                    for (d, row) in db.iter_mut().zip(grad.chunks_exact(ld)) {
                         *d += super::simd::sum(row);
                     }
-                    let grad = Mat::new(gy, g.c_out, npix);
-                    if g.pointwise() {
-                        gemm(&mut dk, grad, Mat::new(x, taps, npix).t(), true, threads)?;
-                        gemm(dx, kernel.t(), grad, false, threads)?;
-                    } else {
-                        im2col(&g, x, &mut col);
-                        gemm(&mut dk, grad, Mat::new(&col, taps, npix).t(), true, threads)?;
-                        gemm(&mut dcol, kernel.t(), grad, false, threads)?;
-                        col2im(&g, &dcol, dx);
+                    for (j, x) in x.chunks_exact(in_len).enumerate() {
+                        im2col(&g, x, col, ld, j * npix);
                     }
-                }
-                Ok((dk, db))
+                    let grad = Mat::new(grad, g.c_out, ld);
+                    gemm(&mut dk, grad, Mat::new(col, taps, ld).t(), false, threads)?;
+                    gemm(dcol, kernel.t(), grad, false, threads)?;
+                    for (j, dx) in dx.chunks_exact_mut(in_len).enumerate() {
+                        col2im(&g, dcol, ld, j * npix, dx);
+                    }
+                    Ok((dk, db))
+                })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let (dk, db) = rest.split_at_mut(dk_len);
@@ -381,5 +457,27 @@ pub fn conv2d(
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(y),
+    }
+}
+
+/// The gradients `(dx, dkernel, dbias)` of [`conv2d`] for an output gradient
+/// `grad`: `(batch, c_out, ho, wo)` (CPU and f32 only; used by benchmarks and tests).
+pub fn conv2d_backward(
+    x: &Tensor,
+    kernel: &Tensor,
+    grad: &Tensor,
+    p: Conv2dParams,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    if !fast_path(&[x, kernel, grad]) {
+        candle_core::bail!("conv2d_backward: FlowLab's kernel runs on f32 CPU tensors only");
+    }
+    let x = x.contiguous()?;
+    let kernel = kernel.contiguous()?;
+    let packed = x.apply_op3_no_bwd(&kernel, &grad.contiguous()?, &Conv2dBackward { p })?;
+    let c_out = kernel.dim(0)?;
+    let mut parts = unpack(&packed, &[x.dims(), kernel.dims(), &[c_out]])?.into_iter();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(dx), Some(dk), Some(db)) => Ok((dx, dk, db)),
+        _ => candle_core::bail!("conv2d_backward: missing gradients"),
     }
 }

@@ -18,16 +18,21 @@ use super::{CHUNK, contiguous_f32};
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // Round to nearest by adding and subtracting 1.5·2^23 (vectorises, unlike `round`).
+    // Round to nearest by adding and subtracting 1.5·2^23 (vectorises, unlike
+    // `round`); the integer k is then read from the low mantissa bits, since a
+    // saturating `as i32` cast does not vectorise.
     const MAGIC: f32 = 12_582_912.0;
-    let k = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let k = shifted - MAGIC;
+    let ki = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
     // Cody-Waite: ln2 = 0.693359375 (exact in f32) - 2.12194440e-4.
     let r = x - k * 0.693_359_4 + k * 2.121_944_4e-4;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let bits = ((k as i32 + 127) as u32) << 23;
+    // 2^k from its exponent bits (k is in [-126, 127] after the clamp).
+    let bits = ki.wrapping_add(127) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -20,7 +20,7 @@ mod upsample;
 
 use candle_core::{CpuStorage, Layout, Tensor};
 
-pub use conv::{Conv2dParams, conv2d};
+pub use conv::{Conv2dParams, conv2d, conv2d_backward};
 pub use elementwise::{add_bias, fast_exp, linear, silu};
 pub use group_norm::{GroupNormParams, group_norm};
 pub use upsample::upsample_nearest;
@@ -73,6 +73,30 @@ pub(crate) fn unpack(packed: &Tensor, shapes: &[&[usize]]) -> candle_core::Resul
 /// Parallel chunks of `n` items: at most [`BATCH_CHUNKS`], as even as possible.
 pub(crate) fn chunk_len(n: usize) -> usize {
     n.div_ceil(n.clamp(1, BATCH_CHUNKS)).max(1)
+}
+
+thread_local! {
+    /// Per-thread scratch memory for kernels, kept between calls (rayon's
+    /// threads live as long as the process), so that im2col buffers are neither
+    /// allocated nor zero-filled on every call.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's scratch memory. The contents are
+/// arbitrary: `f` must write before it reads. Re-entrant calls (rayon may run
+/// another task on this thread while `f` waits on a parallel product) get a
+/// fresh buffer, since the buffer is taken out of its slot while in use.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| s.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(buf.get_mut(..len).unwrap_or_default());
+    SCRATCH.with(|s| {
+        let other = s.take();
+        s.set(if other.len() > buf.len() { other } else { buf });
+    });
+    r
 }
 
 /// A row-major or transposed view of a matrix in a slice, for [`gemm`].
