@@ -165,6 +165,23 @@ fn ops_table(o: &BenchOptions) -> Result<String> {
         t,
         Some(2.0 * 4096.0 * 512.0 * 512.0),
     );
+    let flop = 2.0 * 4096.0 * 512.0 * 512.0;
+    let bt = b.t()?;
+    let t = ms(s, || Ok(a.matmul(&bt).map(|_| ())?))?;
+    row(
+        "matmul, transposed rhs",
+        "4096x512 · (512x512)ᵀ",
+        t,
+        Some(flop),
+    );
+    let at = a.t()?;
+    let t = ms(s, || Ok(at.matmul(&a).map(|_| ())?))?;
+    row(
+        "matmul, transposed lhs",
+        "(4096x512)ᵀ · 4096x512",
+        t,
+        Some(flop),
+    );
 
     for (c_in, c_out, hw) in [(32usize, 32usize, 28usize), (64, 64, 14), (256, 128, 7)] {
         let (batch, k) = (128usize, 3usize);

@@ -96,7 +96,7 @@ impl Checkpoint {
     pub fn from_trainer(tr: &Trainer) -> Result<Checkpoint> {
         let params = tr.params();
         let mut tensors = HashMap::new();
-        let (m, v) = tr.optimizer().moments();
+        let (m, v) = tr.optimizer().moments()?;
         for (i, name) in params.names.iter().enumerate() {
             let (Some(p), Some(mi), Some(vi)) = (params.vars.get(i), m.get(i), v.get(i)) else {
                 return Err(Error::config(

@@ -107,8 +107,13 @@ impl VelocityField for Mlp {
         let mut h = Tensor::cat(&[&xf, &self.embed.forward(t)?], 1)?;
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            h = super::ops::linear(&h, layer)?;
-            if i + 1 < n {
+            h = if i > 0 && self.cfg.activation == Activation::Silu {
+                // The previous layer's SiLU, fused into this layer.
+                super::ops::silu_linear(&h, layer)?
+            } else {
+                super::ops::linear(&h, layer)?
+            };
+            if i + 1 < n && self.cfg.activation != Activation::Silu {
                 h = self.cfg.activation.apply(&h)?;
             }
         }

@@ -5,6 +5,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use super::config::OptimizerConfig;
+use crate::model::ops::{AdamWStep, adamw_update, sum_squares};
 use crate::{Error, Result};
 
 /// AdamW (Loshchilov & Hutter 2019) with global-norm gradient clipping.
@@ -12,10 +13,8 @@ use crate::{Error, Result};
 pub struct AdamW {
     cfg: OptimizerConfig,
     params: Vec<Var>,
-    /// First moments, one per parameter, same shapes.
-    m: Vec<Tensor>,
-    /// Second moments, one per parameter, same shapes.
-    v: Vec<Tensor>,
+    /// The first and second moments of each parameter, stacked: `(2, ...shape)`.
+    state: Vec<Tensor>,
     /// Number of updates applied so far.
     t: u64,
 }
@@ -30,16 +29,18 @@ pub struct UpdateInfo {
 impl AdamW {
     /// A fresh optimiser for `params` (moments zero).
     pub fn new(params: Vec<Var>, cfg: OptimizerConfig) -> Result<Self> {
-        let m = params
+        let state = params
             .iter()
-            .map(|p| p.zeros_like())
+            .map(|p| {
+                let mut dims = vec![2];
+                dims.extend_from_slice(p.dims());
+                Tensor::zeros(dims, p.dtype(), p.device())
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
         Ok(AdamW {
             cfg,
             params,
-            m,
-            v,
+            state,
             t: 0,
         })
     }
@@ -49,9 +50,15 @@ impl AdamW {
         self.t
     }
 
-    /// The first and second moments, aligned with the parameters.
-    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
-        (&self.m, &self.v)
+    /// The first and second moments (views), aligned with the parameters.
+    pub fn moments(&self) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let mut m = Vec::with_capacity(self.state.len());
+        let mut v = Vec::with_capacity(self.state.len());
+        for s in &self.state {
+            m.push(s.get(0)?);
+            v.push(s.get(1)?);
+        }
+        Ok((m, v))
     }
 
     /// Restores moments and update count (from a checkpoint). Shapes must match.
@@ -70,24 +77,24 @@ impl AdamW {
                 )));
             }
         }
-        self.m = m;
-        self.v = v;
+        self.state = m
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| Tensor::stack(&[a, b], 0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         self.t = t;
         Ok(())
     }
 
     /// Global L2 norm of the gradients of the parameters.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f32> {
-        let mut sq = Vec::with_capacity(self.params.len());
+        let mut sq = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(p.as_tensor()) {
-                sq.push(g.sqr()?.sum_all()?);
+                sq += sum_squares(g)?;
             }
         }
-        if sq.is_empty() {
-            return Ok(0.0);
-        }
-        Ok(Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()?.sqrt())
+        Ok(sq.sqrt() as f32)
     }
 
     /// Applies one update at learning rate `lr`. Returns an error, leaving the
@@ -110,34 +117,22 @@ impl AdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(self.t as i32);
         let bc2 = 1.0 - b2.powi(self.t as i32);
-        let decay = 1.0 - lr * self.cfg.weight_decay;
-        for ((p, m), v) in self
-            .params
-            .iter()
-            .zip(self.m.iter_mut())
-            .zip(self.v.iter_mut())
-        {
+        let s = AdamWStep {
+            lr,
+            beta1: b1,
+            beta2: b2,
+            eps: self.cfg.eps,
+            bias_correction: (bc1, bc2),
+            decay: 1.0 - lr * self.cfg.weight_decay,
+            grad_scale: clip_scale,
+        };
+        for (p, state) in self.params.iter().zip(self.state.iter_mut()) {
             let Some(g) = grads.get(p.as_tensor()) else {
                 continue;
             };
-            let g = if clip_scale < 1.0 {
-                g.affine(clip_scale, 0.0)?
-            } else {
-                g.clone()
-            };
-            *m = (m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
-            *v = (v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
-            let denom = v
-                .affine(1.0 / bc2, 0.0)?
-                .sqrt()?
-                .affine(1.0, self.cfg.eps)?;
-            let upd = (m.affine(lr / bc1, 0.0)? / denom)?;
-            let base = if decay != 1.0 {
-                p.affine(decay, 0.0)?
-            } else {
-                p.as_tensor().clone()
-            };
-            p.set(&(base - upd)?)?;
+            let (new_p, new_state) = adamw_update(p.as_tensor(), g, state, s)?;
+            p.set(&new_p)?;
+            *state = new_state;
         }
         Ok(UpdateInfo { grad_norm })
     }

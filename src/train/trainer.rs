@@ -409,7 +409,11 @@ impl Trainer {
             let n = (s + 1) as f64;
             let d = decay.min((1.0 + n) / (10.0 + n));
             for (e, p) in ema.vars.iter().zip(&self.params.vars) {
-                e.set(&(e.affine(d, 0.0)? + p.affine(1.0 - d, 0.0)?)?)?;
+                e.set(&crate::model::ops::ema_update(
+                    e.as_tensor(),
+                    p.as_tensor(),
+                    d,
+                )?)?;
             }
         }
         self.step = s + 1;

@@ -66,9 +66,9 @@ fn save_load_round_trips_bit_exactly() {
     {
         assert_eq!(max_diff(a, &b), 0.0);
     }
-    let (m1, v1) = tr.optimizer().moments();
-    let (m2, v2) = back.optimizer().moments();
-    for (a, b) in m1.iter().chain(v1).zip(m2.iter().chain(v2)) {
+    let (m1, v1) = tr.optimizer().moments().expect("moments");
+    let (m2, v2) = back.optimizer().moments().expect("moments");
+    for (a, b) in m1.iter().chain(&v1).zip(m2.iter().chain(&v2)) {
         assert_eq!(max_diff(a, b), 0.0);
     }
     // The sampling model gives identical velocities.

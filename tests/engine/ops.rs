@@ -343,3 +343,83 @@ fn conv2d_and_group_norm_gradients_match_finite_differences() {
     check_finite_differences("group-norm dx", &xg, |x| gn(x, ss.as_tensor()));
     check_finite_differences("group-norm dss", &ss, |s| gn(xg.as_tensor(), s));
 }
+
+#[test]
+fn fused_adamw_ema_and_sum_of_squares_match_candle_ops_in_f64() {
+    use flowlab::model::ops::{AdamWStep, adamw_update, ema_update, sum_squares};
+    // 70001 values: several parallel chunks and a ragged end.
+    let n = 70_001;
+    let p = var(&[n], 1);
+    let mut p32 = p.as_tensor().clone();
+    let mut p64 = f64_of(&p);
+    let mut s32 = Tensor::zeros((2, n), DType::F32, &Device::Cpu).expect("state");
+    let mut s64 = Tensor::zeros((2, n), DType::F64, &Device::Cpu).expect("state");
+    for t in 1..=5 {
+        let g = var(&[n], 10 + t as u64);
+        let step = AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            bias_correction: (1.0 - 0.9f64.powi(t), 1.0 - 0.999f64.powi(t)),
+            decay: 1.0 - 1e-2 * 0.1,
+            grad_scale: 0.5,
+        };
+        (p32, s32) = adamw_update(&p32, g.as_tensor(), &s32, step).expect("fused");
+        (p64, s64) = adamw_update(&p64, &f64_of(&g), &s64, step).expect("candle");
+        assert!(rel_err(&p32, &p64) < 1e-5, "step {t}: parameters");
+        assert!(rel_err(&s32, &s64) < 1e-5, "step {t}: moments");
+    }
+    let e = var(&[n], 3);
+    let e32 = ema_update(e.as_tensor(), &p32, 0.99).expect("fused");
+    let e64 = ema_update(&f64_of(&e), &p64, 0.99).expect("candle");
+    assert!(rel_err(&e32, &e64) < 1e-6, "ema");
+    let (a, b) = (
+        sum_squares(&p32).expect("fused"),
+        sum_squares(&p64).expect("candle"),
+    );
+    assert!((a - b).abs() / b < 1e-5, "sum of squares {a} vs {b}");
+}
+
+#[test]
+fn fused_linear_layers_match_candle_in_value_and_gradient() {
+    use flowlab::model::ops::{linear, silu_linear};
+    for (i, &(rows, n_in, n_out)) in [
+        (1usize, 3usize, 2usize),
+        (7, 33, 5),
+        (300, 64, 17),
+        (2049, 9, 40),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 5 * i as u64;
+        // x depends on a variable through an op, so its gradient is computed.
+        let x0 = var(&[rows, n_in], seed);
+        let w = var(&[n_out, n_in], seed + 1);
+        let b = var(&[n_out], seed + 2);
+        let layer = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        let reference = |act: bool| {
+            let x = (f64_of(&x0) * 2.0).expect("x");
+            let x = if act { x.silu().expect("silu") } else { x };
+            let y = x
+                .matmul(&f64_of(&w).t().expect("t"))
+                .and_then(|y| y.broadcast_add(&f64_of(&b)))
+                .expect("linear");
+            f32_of(y)
+        };
+        let x = || (x0.as_tensor() * 2.0).expect("x");
+        check_against(
+            &format!("linear {rows}x{n_in}->{n_out}"),
+            &[&x0, &w, &b],
+            || linear(&x(), &layer).expect("ours"),
+            || reference(false),
+        );
+        check_against(
+            &format!("silu_linear {rows}x{n_in}->{n_out}"),
+            &[&x0, &w, &b],
+            || silu_linear(&x(), &layer).expect("ours"),
+            || reference(true),
+        );
+    }
+}

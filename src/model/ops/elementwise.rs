@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::simd::simd_dispatch;
 use super::{CHUNK, contiguous_f32};
 
 /// e^x for f32, written so the compiler vectorises it: range reduction
@@ -114,6 +115,31 @@ fn silu_grad_best(out: &mut [f32], x: &[f32], g: &[f32]) {
         }
     }
     silu_grad_kernel(out, x, g)
+}
+
+/// Multiplies `d[i]` by the SiLU derivative at `x[i]`, σ(x) (1 + x (1 − σ(x))).
+#[inline(always)]
+fn silu_grad_mul_kernel(d: &mut [f32], x: &[f32]) {
+    for (d, &x) in d.iter_mut().zip(x) {
+        let s = sigmoid(x);
+        *d *= s * (1.0 + x * (1.0 - s));
+    }
+}
+
+simd_dispatch!(fn silu_grad_mul(d: &mut [f32], x: &[f32]) => silu_grad_mul_kernel);
+
+/// `out = silu(x)` on rayon's pool.
+pub(crate) fn silu_into(out: &mut [f32], x: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| silu_best(o, x));
+}
+
+/// `d *= silu'(x)` on rayon's pool.
+pub(crate) fn mul_silu_grad(d: &mut [f32], x: &[f32]) {
+    d.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(d, x)| silu_grad_mul(d, x));
 }
 
 /// SiLU x·σ(x) with a fused gradient.
@@ -246,27 +272,36 @@ impl CustomOp1 for ColumnSum {
         if n == 0 || g.len() % n != 0 {
             candle_core::bail!("column-sum: {} values do not fill rows of {n}", g.len());
         }
-        // Fixed chunks summed in order: the result does not depend on how rayon
-        // schedules the work, so training stays bit-reproducible.
-        let rows_per_chunk = (CHUNK / n).max(1);
-        let partial: Vec<Vec<f32>> = g
-            .par_chunks(rows_per_chunk * n)
-            .map(|chunk| {
-                let mut acc = vec![0f32; n];
-                for row in chunk.chunks_exact(n) {
-                    for (a, &v) in acc.iter_mut().zip(row) {
-                        *a += v;
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut sum = vec![0f32; n];
-        for p in &partial {
-            sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
-        }
+        let sum = column_sums(g, n);
         Ok((CpuStorage::F32(sum), Shape::from(n)))
     }
+}
+
+/// Sums of the columns of a row-major `(rows, n)` buffer. Fixed chunks summed
+/// in order: the result does not depend on how rayon schedules the work, so
+/// training stays bit-reproducible.
+pub(crate) fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; n];
+    if n == 0 {
+        return sum;
+    }
+    let rows_per_chunk = (CHUNK / n).max(1);
+    let partial: Vec<Vec<f32>> = g
+        .par_chunks(rows_per_chunk * n)
+        .map(|chunk| {
+            let mut acc = vec![0f32; n];
+            for row in chunk.chunks_exact(n) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .collect();
+    for p in &partial {
+        sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+    }
+    sum
 }
 
 /// `x + b` with `x`: `(rows, n)` and `b`: `(n,)` broadcast over rows: the fused
@@ -277,15 +312,5 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         x.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
     } else {
         x.broadcast_add(b)
-    }
-}
-
-/// A linear layer `x W^T + b` for `x`: `(batch, in)`, `W`: `(out, in)`, `b`: `(out,)`,
-/// using [`add_bias`] for the bias.
-pub fn linear(x: &Tensor, layer: &candle_nn::Linear) -> candle_core::Result<Tensor> {
-    let y = x.matmul(&layer.weight().t()?)?;
-    match layer.bias() {
-        Some(b) => add_bias(&y, b),
-        None => Ok(y),
     }
 }

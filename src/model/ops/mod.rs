@@ -15,14 +15,18 @@
 mod conv;
 mod elementwise;
 mod group_norm;
+mod linear;
+mod optim;
 mod simd;
 mod upsample;
 
 use candle_core::{CpuStorage, Layout, Tensor};
 
 pub use conv::{Conv2dParams, conv2d, conv2d_backward};
-pub use elementwise::{add_bias, fast_exp, linear, silu};
+pub use elementwise::{add_bias, fast_exp, silu};
 pub use group_norm::{GroupNormParams, group_norm};
+pub use linear::{linear, silu_linear};
+pub use optim::{AdamWStep, adamw_update, ema_update, sum_squares};
 pub use upsample::upsample_nearest;
 
 /// Elements per parallel chunk for elementwise work (below this a tensor is done
