@@ -142,16 +142,31 @@ const MAX_COLUMNS: usize = 1536;
 /// ... and at least this many, where the samples allow it ...
 const MIN_COLUMNS: usize = 256;
 
-/// ... while the im2col matrix stays within about this many floats (it is
-/// written and then read back by the product, so it should stay in cache).
-const COLUMN_BUDGET: usize = 1 << 19;
+/// ... while the im2col matrix stays within about this many floats (1 MiB, the
+/// L2 cache of one core here: it is written and then read back by the product).
+const COLUMN_BUDGET: usize = 1 << 18;
 
 /// Samples per chunk for `batch` samples with `taps` kernel taps and `pixels`
 /// output pixels: fixed by the shapes alone, so results do not depend on the
-/// number of threads.
+/// number of threads. (Tuned with `flowlab bench --only conv`.)
 fn samples_per_chunk(batch: usize, taps: usize, pixels: usize) -> usize {
     let columns = (COLUMN_BUDGET / taps.max(1)).clamp(MIN_COLUMNS, MAX_COLUMNS);
-    columns.div_ceil(pixels.max(1)).clamp(1, (batch / 4).max(1))
+    (columns / pixels.max(1)).clamp(1, (batch / 4).max(1))
+}
+
+/// Zeros a short run of values (usually 0 or 1 at an image edge) without a
+/// `memset` call.
+#[inline(always)]
+fn zero_short(v: &mut [f32]) {
+    match v {
+        [] => {}
+        [a] => *a = 0.0,
+        [a, b] => {
+            *a = 0.0;
+            *b = 0.0;
+        }
+        _ => v.fill(0.0),
+    }
 }
 
 /// Fills this sample's columns `[off, off + ho·wo)` of every row of `col` (row
@@ -183,9 +198,11 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
                     }
                     row[..d0].fill(0.0);
                     row[d1..].fill(0.0);
-                    for r in row[d0..d1].chunks_exact_mut(g.wo) {
-                        r[..xlo].fill(0.0);
-                        r[xhi..].fill(0.0);
+                    if xlo > 0 || xhi < g.wo {
+                        for r in row[d0..d1].chunks_exact_mut(g.wo) {
+                            zero_short(&mut r[..xlo]);
+                            zero_short(&mut r[xhi..]);
+                        }
                     }
                     continue;
                 }
@@ -228,9 +245,11 @@ fn col2im(g: &Geometry, col: &mut [f32], ld: usize, off: usize, dx: &mut [f32]) 
                     // Zero the entries that read padding, then one contiguous add.
                     let shift = yoff * g.w as isize + xoff;
                     let (d0, d1) = (ylo * g.w, yhi * g.w);
-                    for r in row[d0..d1].chunks_exact_mut(g.wo) {
-                        r[..xlo].fill(0.0);
-                        r[xhi..].fill(0.0);
+                    if xlo > 0 || xhi < g.wo {
+                        for r in row[d0..d1].chunks_exact_mut(g.wo) {
+                            zero_short(&mut r[..xlo]);
+                            zero_short(&mut r[xhi..]);
+                        }
                     }
                     let s0 = (d0 as isize + shift).max(0) as usize;
                     let s1 = ((d1 as isize + shift).max(0) as usize).min(plane_len);
