@@ -18,7 +18,7 @@
 //! All convolutions, norms and upsampling go through [`super::ops`], FlowLab's
 //! CPU kernels (candle's ops on other devices).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -346,9 +346,12 @@ impl Unet {
 impl VelocityField for Unet {
     fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
+        // Compute in the parameters' dtype (f32 normally; f64 runs candle's
+        // reference ops, which tests compare against).
+        let param_dtype = self.conv_in.weight.dtype();
+        let x32 = x.to_dtype(param_dtype)?;
         let [t0, t1] = &self.time;
-        let emb = ops::linear(&self.embed.forward(t)?, t0)?;
+        let emb = ops::linear(&self.embed.forward(t)?.to_dtype(param_dtype)?, t0)?;
         // Every block reads the embedding through a SiLU: apply it once.
         let emb = ops::silu(&ops::linear(&ops::silu(&emb)?, t1)?)?;
         let mut h = self.conv_in.forward(&x32)?;

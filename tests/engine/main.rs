@@ -11,4 +11,5 @@ mod metrics;
 mod ops;
 mod solver;
 mod train;
+mod unet;
 mod worker;
