@@ -7,7 +7,7 @@ AdamW (lr 2e-3, betas 0.9/0.999, eps 1e-8, no weight decay), global gradient-nor
 clipping at 1.0 and an EMA of the weights (decay 0.999) updated every step; then
 sampling throughput with the midpoint rule, 20 steps, batch 4096.
 
-Usage:  python3 benches/pytorch_mlp.py [--seconds 10]
+Usage:  python3 benches/pytorch_mlp.py [--seconds 10] [--only 4x512|moons]
 Needs:  pip install torch   (CPU is enough; threads = all cores unless OMP_NUM_THREADS is set)
 """
 
@@ -101,13 +101,18 @@ def bench(name: str, width: int, depth: int, batch: int, seconds: float) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--only", default=None, help="only workloads whose name contains this (e.g. 4x512, moons)")
     args = ap.parse_args()
     print(f"PyTorch {torch.__version__} on cpu ({torch.get_num_threads()} threads, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})\n")
     print("| workload | train steps/s | ms/step | samples/s (midpoint, 20 steps, batch 4096) |")
     print("|---|---|---|---|")
-    print(bench("4x512 SiLU MLP, batch 4096", 512, 4, 4096, args.seconds))
-    print(bench("default moons (3x256 SiLU MLP, batch 512)", 256, 3, 512, args.seconds))
+    for name, width, depth, batch in [
+        ("4x512 SiLU MLP, batch 4096", 512, 4, 4096),
+        ("default moons (3x256 SiLU MLP, batch 512)", 256, 3, 512),
+    ]:
+        if args.only is None or args.only.lower() in name.lower():
+            print(bench(name, width, depth, batch, args.seconds), flush=True)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,11 @@ fn training_table(o: &BenchOptions) -> Result<String> {
     Ok(out)
 }
 
+/// A tensor of deterministic values in [-1, 1] that needs no gradient.
+fn constant(shape: &[usize], dev: &Device) -> Result<Tensor> {
+    Ok(filled(shape, dev)?.as_tensor().detach())
+}
+
 /// A variable of deterministic values in [-1, 1].
 fn filled(shape: &[usize], dev: &Device) -> Result<Var> {
     let n: usize = shape.iter().product();
@@ -195,10 +200,8 @@ fn ops_table(o: &BenchOptions) -> Result<String> {
         let y = ops::conv2d(&x, &w, Some(&bias), p)?;
         let t = ms(s, || Ok(ops::conv2d(&x, &w, Some(&bias), p).map(|_| ())?))?;
         row("conv2d forward (FlowLab)", &shape, t, Some(flop));
-        let g = filled(y.dims(), dev)?;
-        let t = ms(s, || {
-            Ok(ops::conv2d_backward(&x, &w, g.as_tensor(), p).map(|_| ())?)
-        })?;
+        let g = constant(y.dims(), dev)?;
+        let t = ms(s, || Ok(ops::conv2d_backward(&x, &w, &g, p).map(|_| ())?))?;
         row(
             "conv2d backward: dx, dw, db (FlowLab)",
             &shape,
@@ -209,9 +212,7 @@ fn ops_table(o: &BenchOptions) -> Result<String> {
             let t = ms(s, || Ok(x.conv2d(&w, 1, 1, 1, 1).map(|_| ())?))?;
             row("conv2d forward (candle)", &shape, t, Some(flop));
             let yc = x.conv2d(&w, 1, 1, 1, 1)?;
-            let t_all = ms(s, || {
-                Ok((&yc * g.as_tensor())?.sum_all()?.backward().map(|_| ())?)
-            })?;
+            let t_all = ms(s, || Ok((&yc * &g)?.sum_all()?.backward().map(|_| ())?))?;
             row("conv2d backward (candle)", &shape, t_all, Some(2.0 * flop));
         }
     }
@@ -223,7 +224,7 @@ fn ops_table(o: &BenchOptions) -> Result<String> {
     let gamma = filled(&[c], dev)?;
     let beta = filled(&[c], dev)?;
     let ss = filled(&[batch, 2 * c], dev)?;
-    let gw = filled(&[batch, c, hw, hw], dev)?;
+    let gw = constant(&[batch, c, hw, hw], dev)?;
     let p = GroupNormParams::new(8);
     let gn = || ops::group_norm(&x, &gamma, &beta, Some(&ss), true, p);
     let t = ms(s, || Ok(gn().map(|_| ())?))?;
@@ -234,10 +235,7 @@ fn ops_table(o: &BenchOptions) -> Result<String> {
         None,
     );
     let t = ms(s, || {
-        Ok((gn()? * gw.as_tensor())?
-            .sum_all()?
-            .backward()
-            .map(|_| ())?)
+        Ok((gn()? * &gw)?.sum_all()?.backward().map(|_| ())?)
     })?;
     row("  ... forward + backward (FlowLab)", &shape, t, None);
     let reference = || -> Result<Tensor> {
@@ -262,32 +260,23 @@ fn ops_table(o: &BenchOptions) -> Result<String> {
         None,
     );
     let t = ms(s, || {
-        Ok((reference()? * gw.as_tensor())?
-            .sum_all()?
-            .backward()
-            .map(|_| ())?)
+        Ok((reference()? * &gw)?.sum_all()?.backward().map(|_| ())?)
     })?;
     row("  ... forward + backward (candle ops)", &shape, t, None);
 
     eprintln!("benchmarking ops: silu ...");
     let x = filled(&[4096, 512], dev)?;
-    let gw = filled(&[4096, 512], dev)?;
+    let gw = constant(&[4096, 512], dev)?;
     let t = ms(s, || Ok(ops::silu(&x).map(|_| ())?))?;
     row("SiLU forward (FlowLab)", "4096x512", t, None);
     let t = ms(s, || {
-        Ok((ops::silu(&x)? * gw.as_tensor())?
-            .sum_all()?
-            .backward()
-            .map(|_| ())?)
+        Ok((ops::silu(&x)? * &gw)?.sum_all()?.backward().map(|_| ())?)
     })?;
     row("  ... forward + backward (FlowLab)", "4096x512", t, None);
     let t = ms(s, || Ok(x.silu().map(|_| ())?))?;
     row("SiLU forward (candle)", "4096x512", t, None);
     let t = ms(s, || {
-        Ok((x.silu()? * gw.as_tensor())?
-            .sum_all()?
-            .backward()
-            .map(|_| ())?)
+        Ok((x.silu()? * &gw)?.sum_all()?.backward().map(|_| ())?)
     })?;
     row("  ... forward + backward (candle)", "4096x512", t, None);
     Ok(out)

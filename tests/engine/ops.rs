@@ -79,6 +79,9 @@ fn conv2d_matches_candle_in_value_and_gradient() {
         (4, 3, 11, 11, 5, 4, 2, 1, 1),
         (2, 3, 6, 6, 4, 1, 2, 1, 1),
         (17, 6, 7, 7, 5, 3, 1, 1, 1),
+        // 40 chunks of one sample in 8 groups: the kernel gradient accumulates
+        // across chunks within a group.
+        (40, 2, 28, 28, 3, 3, 1, 1, 1),
     ];
     for (i, &(b, ci, h, w, co, k, s, p, d)) in cases.iter().enumerate() {
         let label = format!("case {i}: b{b} {ci}->{co} {h}x{w} k{k} s{s} p{p} d{d}");

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Mat, Threads, contiguous_f32, fast_path, gemm, unpack, with_scratch};
+use super::{Mat, Threads, chunk_len, contiguous_f32, fast_path, gemm, unpack, with_scratch};
 
 /// Stride, zero padding and dilation of a 2D convolution (the same along both axes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,49 +396,59 @@ impl CustomOp3 for Conv2dBackward {
         }
         let kernel = Mat::new(k, g.c_out, taps);
         let per = samples_per_chunk(g.batch, taps, npix);
-        let threads = Threads::for_tasks(g.batch.div_ceil(per));
+        // At most BATCH_CHUNKS groups run in parallel; each walks its chunks of
+        // `per` samples in order, accumulating one partial kernel gradient.
+        let group = chunk_len(g.batch.div_ceil(per)) * per;
+        let threads = Threads::for_tasks(g.batch.div_ceil(group));
         let (dx, rest) = packed.split_at_mut(dx_len);
-        // Each chunk of samples returns its partial kernel and bias gradients;
-        // they are summed below in chunk order.
+        // Each group returns its partial kernel and bias gradients; they are
+        // summed below in group order.
         let partials = dx
-            .par_chunks_mut(per * in_len)
-            .zip(x.par_chunks(per * in_len))
-            .zip(gy.par_chunks(per * out_len))
+            .par_chunks_mut(group * in_len)
+            .zip(x.par_chunks(group * in_len))
+            .zip(gy.par_chunks(group * out_len))
             .map(|((dx, x), gy)| {
                 let mut dk = vec![0f32; dk_len];
                 let mut db = vec![0f32; g.c_out];
-                let ld = (x.len() / in_len) * npix;
-                let single = ld == npix;
-                let scratch = 2 * taps * ld + if single { 0 } else { g.c_out * ld };
-                with_scratch(scratch, |buf| {
-                    let (col, rest) = buf.split_at_mut(taps * ld);
-                    let (dcol, gbuf) = rest.split_at_mut(taps * ld);
-                    // The output gradient as (c_out, samples · pixels).
-                    let grad: &[f32] = if single {
-                        gy
-                    } else {
-                        for (j, sample) in gy.chunks_exact(out_len).enumerate() {
-                            for (co, part) in sample.chunks_exact(npix).enumerate() {
-                                let at = co * ld + j * npix;
-                                gbuf[at..at + npix].copy_from_slice(part);
+                let chunks = dx
+                    .chunks_mut(per * in_len)
+                    .zip(x.chunks(per * in_len))
+                    .zip(gy.chunks(per * out_len));
+                for ((dx, x), gy) in chunks {
+                    let ld = (x.len() / in_len) * npix;
+                    let single = ld == npix;
+                    let scratch = 2 * taps * ld + if single { 0 } else { g.c_out * ld };
+                    with_scratch(scratch, |buf| {
+                        let (col, rest) = buf.split_at_mut(taps * ld);
+                        let (dcol, gbuf) = rest.split_at_mut(taps * ld);
+                        // The output gradient as (c_out, samples · pixels).
+                        let grad: &[f32] = if single {
+                            gy
+                        } else {
+                            for (j, sample) in gy.chunks_exact(out_len).enumerate() {
+                                for (co, part) in sample.chunks_exact(npix).enumerate() {
+                                    let at = co * ld + j * npix;
+                                    gbuf[at..at + npix].copy_from_slice(part);
+                                }
                             }
+                            gbuf
+                        };
+                        for (d, row) in db.iter_mut().zip(grad.chunks_exact(ld)) {
+                            *d += super::simd::sum(row);
                         }
-                        gbuf
-                    };
-                    for (d, row) in db.iter_mut().zip(grad.chunks_exact(ld)) {
-                        *d += super::simd::sum(row);
-                    }
-                    for (j, x) in x.chunks_exact(in_len).enumerate() {
-                        im2col(&g, x, col, ld, j * npix);
-                    }
-                    let grad = Mat::new(grad, g.c_out, ld);
-                    gemm(&mut dk, grad, Mat::new(col, taps, ld).t(), false, threads)?;
-                    gemm(dcol, kernel.t(), grad, false, threads)?;
-                    for (j, dx) in dx.chunks_exact_mut(in_len).enumerate() {
-                        col2im(&g, dcol, ld, j * npix, dx);
-                    }
-                    Ok((dk, db))
-                })
+                        for (j, x) in x.chunks_exact(in_len).enumerate() {
+                            im2col(&g, x, col, ld, j * npix);
+                        }
+                        let grad = Mat::new(grad, g.c_out, ld);
+                        gemm(&mut dk, grad, Mat::new(col, taps, ld).t(), true, threads)?;
+                        gemm(dcol, kernel.t(), grad, false, threads)?;
+                        for (j, dx) in dx.chunks_exact_mut(in_len).enumerate() {
+                            col2im(&g, dcol, ld, j * npix, dx);
+                        }
+                        Ok::<(), candle_core::Error>(())
+                    })?;
+                }
+                Ok((dk, db))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let (dk, db) = rest.split_at_mut(dk_len);
