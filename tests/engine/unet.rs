@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use flowlab::model::{ModelConfig, UnetConfig, VelocityField};
+use flowlab::model::{ModelConfig, UnetConfig};
 
 use crate::common::vals;
 
