@@ -141,6 +141,9 @@ pub fn init_params(params: &Params, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Samples per forward pass when evaluating the held-out loss.
+pub const HELD_OUT_SLICE: usize = 256;
+
 /// A fixed held-out batch: noise, data and times, `(n, ...)`.
 struct HeldOut {
     x_0: Tensor,
@@ -370,13 +373,27 @@ impl Trainer {
         Ok((v - ps.dx_t)?.sqr()?.mean_all()?)
     }
 
-    /// The loss of the training weights on the fixed held-out batch.
+    /// The loss of the training weights on the fixed held-out batch. It is
+    /// evaluated in slices of at most [`HELD_OUT_SLICE`] samples, so that a large
+    /// held-out set of images does not hold every activation (and candle's graph
+    /// of them) in memory at once; the slice means are combined exactly.
     pub fn held_out_loss(&self) -> Result<Option<f32>> {
         let Some(h) = &self.held_out else {
             return Ok(None);
         };
-        let l = self.loss(self.model.as_ref(), &h.x_0, &h.x_1, &h.t)?;
-        Ok(Some(l.to_scalar::<f32>()?))
+        let n = h.t.len();
+        let mut total = 0f64;
+        for (i, t) in h.t.chunks(HELD_OUT_SLICE).enumerate() {
+            let (start, len) = (i * HELD_OUT_SLICE, t.len());
+            let l = self.loss(
+                self.model.as_ref(),
+                &h.x_0.narrow(0, start, len)?,
+                &h.x_1.narrow(0, start, len)?,
+                t,
+            )?;
+            total += f64::from(l.to_scalar::<f32>()?) * len as f64;
+        }
+        Ok(Some((total / n.max(1) as f64) as f32))
     }
 
     /// Runs one training step. On a NaN or infinite loss or gradient it returns
