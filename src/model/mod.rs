@@ -2,6 +2,7 @@
 //! for low-dimensional data and the UNet for images.
 
 pub mod embedding;
+pub mod guidance;
 pub mod mlp;
 pub mod ops;
 pub mod unet;
@@ -11,6 +12,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 pub use embedding::{TimeEmbedding, TimeEmbeddingConfig};
+pub use guidance::Guided;
 pub use mlp::{Mlp, MlpConfig};
 pub use unet::{Unet, UnetConfig};
 
@@ -38,6 +40,19 @@ where
 pub trait FlowModel: VelocityField + Send + Sync {
     /// The configuration that rebuilds this model.
     fn config(&self) -> ModelConfig;
+
+    /// Number of classes it is conditioned on (0: unconditional). Label
+    /// `classes()` is the null class (the unconditional velocity).
+    fn classes(&self) -> usize {
+        0
+    }
+
+    /// The velocity given class `labels`: `(batch,)` u32 in `0..=classes()`.
+    /// Unconditional models return an error.
+    fn velocity_with_labels(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let _ = (x, t, labels);
+        Err(crate::Error::config("this model is not class-conditional"))
+    }
 }
 
 /// Activation function between hidden layers.

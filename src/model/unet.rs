@@ -44,6 +44,10 @@ pub struct UnetConfig {
     pub embed_dim: usize,
     /// Sinusoidal features of t fed to that MLP.
     pub time_embedding: TimeEmbeddingConfig,
+    /// Number of classes for class conditioning (0: unconditional). A
+    /// conditional UNet learns one more, "null" embedding (index `classes`),
+    /// which gives the unconditional velocity for classifier-free guidance.
+    pub classes: usize,
 }
 
 impl Default for UnetConfig {
@@ -55,6 +59,7 @@ impl Default for UnetConfig {
             groups: 8,
             embed_dim: 128,
             time_embedding: TimeEmbeddingConfig::default(),
+            classes: 0,
         }
     }
 }
@@ -92,6 +97,9 @@ impl UnetConfig {
         }
         if self.time_embedding.frequencies > 1024 {
             return Err(Error::config("time embedding: at most 1024 frequencies"));
+        }
+        if self.classes > 100_000 {
+            return Err(Error::config("UNet: at most 100000 classes"));
         }
         Ok(())
     }
@@ -248,7 +256,7 @@ struct Up {
     upsample: bool,
 }
 
-/// The UNet. Parameter names follow the structure: `time.{0,1}`, `conv_in`,
+/// The UNet. Parameter names follow the structure: `time.{0,1}`, `labels`, `conv_in`,
 /// `down.{l}.{block,downsample}`, `mid.{block,attention}`, `up.{l}.block.{i}`,
 /// `norm_out`, `conv_out`.
 #[derive(Debug, Clone)]
@@ -256,6 +264,8 @@ pub struct Unet {
     cfg: UnetConfig,
     embed: TimeEmbedding,
     time: [Linear; 2],
+    /// Class embeddings `(classes + 1, embed_dim)`, the last row the null class.
+    labels: Option<candle_nn::Embedding>,
     conv_in: Conv,
     down: Vec<Down>,
     mid: ResBlock,
@@ -287,6 +297,9 @@ impl Unet {
             candle_nn::linear(cfg.time_embedding.out_dim(), e, vb.pp("time.0"))?,
             candle_nn::linear(e, e, vb.pp("time.1"))?,
         ];
+        let labels = (cfg.classes > 0)
+            .then(|| candle_nn::embedding(cfg.classes + 1, e, vb.pp("labels")))
+            .transpose()?;
         let same = Conv2dParams::same(1);
         let first = cfg.channels.first().copied().unwrap_or(1);
         let conv_in = Conv::new(c_img, first, 3, same, vb.pp("conv_in"))?;
@@ -329,6 +342,7 @@ impl Unet {
             cfg,
             embed,
             time,
+            labels,
             conv_in,
             down,
             mid,
@@ -343,8 +357,11 @@ impl Unet {
     }
 }
 
-impl VelocityField for Unet {
-    fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+impl Unet {
+    /// The velocity for class `labels`: `(batch,)` u32, each in `0..=classes`
+    /// (`classes` is the null class), or unconditional with `None` (the null
+    /// class for a conditional UNet).
+    fn forward(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         let dtype = x.dtype();
         // Compute in the parameters' dtype (f32 normally; f64 runs candle's
         // reference ops, which tests compare against).
@@ -352,8 +369,24 @@ impl VelocityField for Unet {
         let x32 = x.to_dtype(param_dtype)?;
         let [t0, t1] = &self.time;
         let emb = ops::linear(&self.embed.forward(t)?.to_dtype(param_dtype)?, t0)?;
+        let mut emb = ops::linear(&ops::silu(&emb)?, t1)?;
+        if let Some(table) = &self.labels {
+            let batch = x.dim(0)?;
+            let ids = match labels {
+                Some(l) => l.to_dtype(candle_core::DType::U32)?,
+                None => Tensor::full(self.cfg.classes as u32, batch, x.device())?,
+            };
+            let max = ids.max_all()?.to_scalar::<u32>()?;
+            if ids.dims() != [batch] || max as usize > self.cfg.classes {
+                return Err(Error::config(format!(
+                    "class labels must be ({batch},) in 0..={}",
+                    self.cfg.classes
+                )));
+            }
+            emb = (emb + candle_nn::Module::forward(table, &ids)?)?;
+        }
         // Every block reads the embedding through a SiLU: apply it once.
-        let emb = ops::silu(&ops::linear(&ops::silu(&emb)?, t1)?)?;
+        let emb = ops::silu(&emb)?;
         let mut h = self.conv_in.forward(&x32)?;
         let mut skips = Vec::with_capacity(self.down.len());
         for level in &self.down {
@@ -391,8 +424,26 @@ impl VelocityField for Unet {
     }
 }
 
+/// Unconditional velocity (the null class for a class-conditional UNet).
+impl VelocityField for Unet {
+    fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.forward(x, t, None)
+    }
+}
+
 impl FlowModel for Unet {
     fn config(&self) -> ModelConfig {
         ModelConfig::Unet(self.cfg.clone())
+    }
+
+    fn classes(&self) -> usize {
+        self.cfg.classes
+    }
+
+    fn velocity_with_labels(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        if self.cfg.classes == 0 {
+            return Err(Error::config("this UNet is not class-conditional"));
+        }
+        self.forward(x, t, Some(labels))
     }
 }
