@@ -98,6 +98,22 @@ pub trait Dataset: Send + Sync {
     /// images) in model space, flattened: `(n, dim)`.
     fn sample_held_out(&self, n: usize, rng: &mut StdRng) -> Vec<f32>;
 
+    /// Number of classes of the labels (0: the data is unlabelled).
+    fn classes(&self) -> usize {
+        0
+    }
+
+    /// Like [`Dataset::sample_train`] (the same draws), with each sample's class
+    /// label (empty for unlabelled data).
+    fn sample_train_labeled(&self, n: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<u32>) {
+        (self.sample_train(n, rng), Vec::new())
+    }
+
+    /// Like [`Dataset::sample_held_out`] (the same draws), with labels.
+    fn sample_held_out_labeled(&self, n: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<u32>) {
+        (self.sample_held_out(n, rng), Vec::new())
+    }
+
     /// Maps flattened model-space samples to data space in place.
     fn to_data_space(&self, x: &mut [f32]);
 
@@ -168,16 +184,19 @@ impl ImageDataset {
         &self.set
     }
 
-    fn draw(images: &ImageSet, n: usize, rng: &mut StdRng) -> Vec<f32> {
+    /// `n` random images (scaled to [-1, 1]) and their labels.
+    fn draw(images: &ImageSet, n: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<u32>) {
         let len = images.rows * images.cols;
         let mut out = Vec::with_capacity(n * len);
+        let mut labels = Vec::with_capacity(n);
         for _ in 0..n {
             let i = rng.random_range(0..images.n);
-            if let Some(img) = images.image(i) {
+            if let (Some(img), Some(&label)) = (images.image(i), images.labels.get(i)) {
                 out.extend(img.iter().map(|&p| f32::from(p) / 127.5 - 1.0));
+                labels.push(u32::from(label));
             }
         }
-        out
+        (out, labels)
     }
 }
 
@@ -187,10 +206,28 @@ impl Dataset for ImageDataset {
     }
 
     fn sample_train(&self, n: usize, rng: &mut StdRng) -> Vec<f32> {
-        Self::draw(&self.set.train, n, rng)
+        Self::draw(&self.set.train, n, rng).0
     }
 
     fn sample_held_out(&self, n: usize, rng: &mut StdRng) -> Vec<f32> {
+        Self::draw(&self.set.test, n, rng).0
+    }
+
+    /// One more than the largest training label (10 for MNIST).
+    fn classes(&self) -> usize {
+        self.set
+            .train
+            .labels
+            .iter()
+            .max()
+            .map_or(0, |&m| usize::from(m) + 1)
+    }
+
+    fn sample_train_labeled(&self, n: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<u32>) {
+        Self::draw(&self.set.train, n, rng)
+    }
+
+    fn sample_held_out_labeled(&self, n: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<u32>) {
         Self::draw(&self.set.test, n, rng)
     }
 

@@ -118,6 +118,10 @@ pub struct TrainConfig {
     pub held_out_every: u64,
     /// The solver used for samples and the end-of-training evaluation.
     pub solver: SolverConfig,
+    /// For class-conditional models: the probability that a training sample's
+    /// label is replaced by the null class, so that the same network also learns
+    /// the unconditional velocity (classifier-free guidance).
+    pub label_dropout: f64,
 }
 
 impl Default for TrainConfig {
@@ -137,6 +141,7 @@ impl Default for TrainConfig {
             held_out_size: 1024,
             held_out_every: 100,
             solver: SolverConfig::default(),
+            label_dropout: 0.1,
         }
     }
 }
@@ -173,6 +178,12 @@ impl TrainConfig {
             return Err(Error::config(
                 "logit-normal time sampling needs a finite mean and std > 0",
             ));
+        }
+        if !(0.0..=1.0).contains(&self.label_dropout) {
+            return Err(Error::config(format!(
+                "label dropout must be in [0, 1], got {}",
+                self.label_dropout
+            )));
         }
         if self.held_out_size == 0 && self.held_out_every > 0 {
             return Err(Error::config(

@@ -141,6 +141,18 @@ pub fn init_params(params: &Params, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// One training batch.
+struct Batch {
+    /// Noise, `(n, ...)`.
+    x_0: Tensor,
+    /// Data, `(n, ...)`.
+    x_1: Tensor,
+    /// Times.
+    t: Vec<f64>,
+    /// Class labels `(n,)` u32 for class-conditional models.
+    labels: Option<Tensor>,
+}
+
 /// Samples per forward pass when evaluating the held-out loss.
 pub const HELD_OUT_SLICE: usize = 256;
 
@@ -148,6 +160,8 @@ pub const HELD_OUT_SLICE: usize = 256;
 struct HeldOut {
     x_0: Tensor,
     x_1: Tensor,
+    /// Class labels `(n,)` u32, for class-conditional models.
+    labels: Option<Tensor>,
     t: Vec<f64>,
 }
 
@@ -207,10 +221,21 @@ impl Trainer {
             None => None,
         };
         let opt = AdamW::new(params.vars.clone(), cfg.optimizer)?;
+        let classes = model.classes();
+        if classes > 0 && dataset.classes() != classes {
+            return Err(Error::config(format!(
+                "the model is conditioned on {classes} classes but the data has {}",
+                dataset.classes()
+            )));
+        }
         let held_out = if cfg.held_out_size > 0 {
             let n = cfg.held_out_size;
             let mut rng = stream_rng(cfg.seed, Stream::HeldOut, 0);
-            let x_1 = dataset.sample_held_out(n, &mut rng);
+            let (x_1, labels) = if classes > 0 {
+                dataset.sample_held_out_labeled(n, &mut rng)
+            } else {
+                (dataset.sample_held_out(n, &mut rng), Vec::new())
+            };
             let x_0 = gaussian(x_1.len(), &mut rng);
             let t = (0..n)
                 .map(|_| {
@@ -219,9 +244,13 @@ impl Trainer {
                 })
                 .collect();
             let shape = batch_shape(n, &sample_shape);
+            let labels = (classes > 0)
+                .then(|| Tensor::from_vec(labels, n, device))
+                .transpose()?;
             Some(HeldOut {
                 x_0: Tensor::from_vec(x_0, shape.clone(), device)?,
                 x_1: Tensor::from_vec(x_1, shape, device)?,
+                labels,
                 t,
             })
         } else {
@@ -345,31 +374,59 @@ impl Trainer {
         Ok(())
     }
 
-    fn batch(&self, step: u64) -> Result<(Tensor, Tensor, Vec<f64>)> {
+    /// Step `step`'s batch: noise, data, times, and for class-conditional
+    /// models the labels, each replaced by the null class with probability
+    /// `label_dropout`.
+    fn batch(&self, step: u64) -> Result<Batch> {
         let b = self.cfg.batch_size;
+        let classes = self.model.classes();
         let mut rng = stream_rng(self.cfg.seed, Stream::Batch, step);
-        let x_1 = self.dataset.sample_train(b, &mut rng);
+        let (x_1, labels) = if classes > 0 {
+            self.dataset.sample_train_labeled(b, &mut rng)
+        } else {
+            (self.dataset.sample_train(b, &mut rng), Vec::new())
+        };
         let x_0 = gaussian(x_1.len(), &mut rng);
         let t_max = self.cfg.scheduler.t_max_train();
         let t = (0..b)
             .map(|_| self.cfg.time_sampling.draw(t_max, &mut rng))
             .collect();
+        let labels = if classes > 0 {
+            let p = self.cfg.label_dropout;
+            let dropped: Vec<u32> = labels
+                .into_iter()
+                .map(|l| {
+                    if rng.random::<f64>() < p {
+                        classes as u32
+                    } else {
+                        l
+                    }
+                })
+                .collect();
+            Some(Tensor::from_vec(dropped, b, &self.device)?)
+        } else {
+            None
+        };
         let shape = batch_shape(b, &self.sample_shape);
-        Ok((
-            Tensor::from_vec(x_0, shape.clone(), &self.device)?,
-            Tensor::from_vec(x_1, shape, &self.device)?,
+        Ok(Batch {
+            x_0: Tensor::from_vec(x_0, shape.clone(), &self.device)?,
+            x_1: Tensor::from_vec(x_1, shape, &self.device)?,
             t,
-        ))
+            labels,
+        })
     }
 
-    fn loss(&self, model: &dyn FlowModel, x_0: &Tensor, x_1: &Tensor, t: &[f64]) -> Result<Tensor> {
-        let ps = self.path.sample(x_0, x_1, t)?;
+    fn loss(&self, model: &dyn FlowModel, b: &Batch) -> Result<Tensor> {
+        let ps = self.path.sample(&b.x_0, &b.x_1, &b.t)?;
         let tt = Tensor::from_vec(
-            t.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-            t.len(),
+            b.t.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            b.t.len(),
             &self.device,
         )?;
-        let v = model.velocity(&ps.x_t, &tt)?;
+        let v = match &b.labels {
+            Some(l) => model.velocity_with_labels(&ps.x_t, &tt, l)?,
+            None => model.velocity(&ps.x_t, &tt)?,
+        };
         Ok((v - ps.dx_t)?.sqr()?.mean_all()?)
     }
 
@@ -385,12 +442,17 @@ impl Trainer {
         let mut total = 0f64;
         for (i, t) in h.t.chunks(HELD_OUT_SLICE).enumerate() {
             let (start, len) = (i * HELD_OUT_SLICE, t.len());
-            let l = self.loss(
-                self.model.as_ref(),
-                &h.x_0.narrow(0, start, len)?,
-                &h.x_1.narrow(0, start, len)?,
-                t,
-            )?;
+            let slice = Batch {
+                x_0: h.x_0.narrow(0, start, len)?,
+                x_1: h.x_1.narrow(0, start, len)?,
+                t: t.to_vec(),
+                labels: h
+                    .labels
+                    .as_ref()
+                    .map(|l| l.narrow(0, start, len))
+                    .transpose()?,
+            };
+            let l = self.loss(self.model.as_ref(), &slice)?;
             total += f64::from(l.to_scalar::<f32>()?) * len as f64;
         }
         Ok(Some((total / n.max(1) as f64) as f32))
@@ -401,8 +463,8 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepReport> {
         let s = self.step;
         let lr = self.cfg.optimizer.lr_at(s, self.cfg.steps);
-        let (x_0, x_1, t) = self.batch(s)?;
-        let loss = self.loss(self.model.as_ref(), &x_0, &x_1, &t)?;
+        let batch = self.batch(s)?;
+        let loss = self.loss(self.model.as_ref(), &batch)?;
         let loss_val = loss.to_scalar::<f32>()?;
         if !loss_val.is_finite() {
             return Err(Error::NonFinite {

@@ -144,32 +144,55 @@ fn unet_on_flowlab_kernels_matches_candle_reference_ops() {
 }
 
 #[test]
-fn a_tiny_unet_learns_mnist() {
+fn a_tiny_unet_learns_mnist_with_and_without_labels() {
     use flowlab::data::DatasetKind;
     use flowlab::train::{TrainConfig, Trainer};
-    let cfg = TrainConfig {
-        dataset: DatasetKind::Mnist { dir: None },
-        model: ModelConfig::Unet(UnetConfig {
-            channels: vec![8, 16],
-            attention: false,
-            groups: 4,
-            embed_dim: 32,
+    for classes in [0, 10] {
+        let cfg = TrainConfig {
+            dataset: DatasetKind::Mnist { dir: None },
+            model: ModelConfig::Unet(UnetConfig {
+                channels: vec![8, 16],
+                attention: false,
+                groups: 4,
+                embed_dim: 32,
+                classes,
+                ..Default::default()
+            }),
+            batch_size: 32,
+            steps: 60,
+            held_out_size: 300,
+            held_out_every: 60,
             ..Default::default()
-        }),
-        batch_size: 32,
-        steps: 60,
-        held_out_size: 64,
-        held_out_every: 60,
-        ..Default::default()
-    };
-    let mut tr = Trainer::new(cfg, &Device::Cpu).expect("trainer");
-    let losses: Vec<f32> = (0..60).map(|_| tr.step().expect("step").loss).collect();
-    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-    let (first, last) = (mean(&losses[..10]), mean(&losses[50..]));
-    // Predicting zero velocity costs E|x1 − x0|² per pixel ≈ 1 + E x1² ≈ 1.6;
-    // a model that learnt nothing stays there.
-    assert!(last < 0.75 * first, "loss {first} -> {last}");
-    assert!(losses.iter().all(|l| l.is_finite()));
+        };
+        let mut tr = Trainer::new(cfg.clone(), &Device::Cpu).expect("trainer");
+        let reports: Vec<_> = (0..60).map(|_| tr.step().expect("step")).collect();
+        let losses: Vec<f32> = reports.iter().map(|r| r.loss).collect();
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        let (first, last) = (mean(&losses[..10]), mean(&losses[50..]));
+        // Predicting zero velocity costs E|x1 − x0|² per pixel ≈ 1 + E x1² ≈ 1.6;
+        // a model that learnt nothing stays there.
+        assert!(
+            last < 0.75 * first,
+            "classes {classes}: loss {first} -> {last}"
+        );
+        // The held-out loss (300 samples: two slices) is computed and sane.
+        let held = reports
+            .last()
+            .and_then(|r| r.held_out_loss)
+            .expect("held-out loss");
+        assert!(
+            held.is_finite() && held < first,
+            "classes {classes}: held-out {held}"
+        );
+        // A label count that does not match the data is refused.
+        if classes > 0 {
+            let mut bad = cfg.clone();
+            if let ModelConfig::Unet(u) = &mut bad.model {
+                u.classes = 5;
+            }
+            assert!(Trainer::new(bad, &Device::Cpu).is_err());
+        }
+    }
 }
 
 #[test]
