@@ -85,6 +85,13 @@ pub struct TrainArgs {
     /// Activation: silu, relu, gelu, elu, tanh.
     #[arg(long)]
     pub activation: Option<String>,
+    /// Classes the UNet is conditioned on (e.g. 10 for MNIST; 0: unconditional).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Probability of training on the null class instead of the label
+    /// (classifier-free guidance; default 0.1).
+    #[arg(long)]
+    pub label_dropout: Option<f64>,
     /// Scheduler: condot, polynomial, vp, linear-vp, cosine.
     #[arg(long)]
     pub scheduler: Option<String>,
@@ -158,6 +165,14 @@ pub struct SampleArgs {
     /// Use the training weights even when EMA weights are stored.
     #[arg(long)]
     pub no_ema: bool,
+    /// Class of every sample, for a class-conditional model (without it, such a
+    /// model draws every class in turn, one row of the PNG grid per class).
+    #[arg(long)]
+    pub class: Option<u32>,
+    /// Classifier-free guidance scale w: v = v_uncond + w (v_cond − v_uncond);
+    /// 0 is unconditional, 1 plainly conditional.
+    #[arg(long, default_value_t = 2.0)]
+    pub guidance: f64,
     /// Device: cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -307,7 +322,17 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
                 "--width, --depth and --activation apply to the MLP; set the UNet in a --config JSON",
             ));
         }
-        ModelConfig::Unet(_) => {}
+        ModelConfig::Unet(u) => {
+            if let Some(c) = a.classes {
+                u.classes = c;
+            }
+        }
+    }
+    if a.classes.is_some_and(|c| c > 0) && !matches!(cfg.model, ModelConfig::Unet(_)) {
+        return Err(Error::config("--classes needs --model unet"));
+    }
+    if let Some(p) = a.label_dropout {
+        cfg.label_dropout = p;
     }
     if let Some(name) = &a.scheduler {
         cfg.scheduler = Scheduler::from_name(name)
@@ -577,15 +602,48 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     if image && a.trajectory.is_some() {
         return Err(Error::config("--trajectory is for 2D datasets"));
     }
-    let s = sample(
-        model.as_ref(),
-        &meta.sample_shape,
-        a.n,
-        a.seed,
-        &solver,
-        a.trajectory.is_some(),
-        &dev,
-    )?;
+    let classes = model.classes();
+    if classes == 0 && a.class.is_some() {
+        return Err(Error::config(format!(
+            "{}: the model is not class-conditional, so --class does not apply",
+            a.checkpoint.display()
+        )));
+    }
+    if a.class.is_some_and(|c| c as usize >= classes) {
+        return Err(Error::config(format!(
+            "--class must be in 0..{classes} for this model"
+        )));
+    }
+    // Conditional models: the requested class, or every class in turn
+    // (`per_class` samples each, one grid row per class).
+    let per_class = a.n.div_ceil(classes.max(1));
+    let s = if classes > 0 {
+        if a.trajectory.is_some() {
+            return Err(Error::config("--trajectory is for unconditional 2D models"));
+        }
+        let labels: Vec<u32> = (0..a.n)
+            .map(|i| a.class.unwrap_or(((i / per_class).min(classes - 1)) as u32))
+            .collect();
+        crate::sample::sample_guided(
+            model.as_ref(),
+            &meta.sample_shape,
+            &labels,
+            a.guidance,
+            a.seed,
+            &solver,
+            &dev,
+        )?
+    } else {
+        sample(
+            model.as_ref(),
+            &meta.sample_shape,
+            a.n,
+            a.seed,
+            &solver,
+            a.trajectory.is_some(),
+            &dev,
+        )?
+    };
     let secs = started.elapsed().as_secs_f64();
     let mut data = s.data;
     meta.to_data_space(&mut data);
@@ -603,7 +661,11 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         }
         ("png", true) => {
             let (rows, cols) = image_size(&meta.sample_shape);
-            let columns = (a.n as f64).sqrt().ceil() as usize;
+            let columns = if classes > 0 && a.class.is_none() {
+                per_class
+            } else {
+                (a.n as f64).sqrt().ceil() as usize
+            };
             crate::plot::save_png(&crate::plot::image_grid(&data, rows, cols, columns), &a.out)?;
         }
         _ => {

@@ -357,3 +357,81 @@ fn ctrl_c_saves_a_resumable_checkpoint() {
         meta.step
     );
 }
+
+#[test]
+fn class_conditional_unet_trains_and_samples_digits_by_class() {
+    let dir = temp_dir("cli-cond");
+    // A small conditional UNet from a config file, then --classes from the flag.
+    let config = dir.join("unet.json");
+    std::fs::write(
+        &config,
+        r#"{"dataset": {"kind": "mnist"}, "model": {"kind": "unet", "channels": [8, 16],
+            "groups": 4, "embed_dim": 16, "attention": false}, "held_out_size": 16}"#,
+    )
+    .expect("config");
+    let ck = dir.join("c.safetensors");
+    let ck_s = ck.to_str().expect("utf8");
+    let out = ok(&[
+        "train",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--classes",
+        "10",
+        "--steps",
+        "2",
+        "--batch",
+        "8",
+        "--out",
+        ck_s,
+    ]);
+    assert!(out.contains("held-out loss"), "{out}");
+    // One class: n images of it; IDX with n x 28 x 28.
+    let idx = dir.join("three.idx");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--class",
+        "3",
+        "--guidance",
+        "2",
+        "--steps",
+        "2",
+        "-n",
+        "6",
+        "--out",
+        idx.to_str().expect("utf8"),
+    ]);
+    let parsed = flowlab::data::idx::read_idx(&idx).expect("IDX readable");
+    assert_eq!(parsed.dims, vec![6, 28, 28]);
+    // Every class: one grid row per class, 2 per row -> 2 x 28 wide (plus borders).
+    let png = dir.join("all.png");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--steps",
+        "2",
+        "-n",
+        "20",
+        "--out",
+        png.to_str().expect("utf8"),
+    ]);
+    let grid = image::open(&png).expect("png");
+    assert!(
+        grid.height() > 4 * grid.width(),
+        "10 rows of 2: {}x{}",
+        grid.width(),
+        grid.height()
+    );
+    let err = fails(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--class",
+        "10",
+        "--out",
+        dir.join("x.png").to_str().expect("utf8"),
+    ]);
+    assert!(err.contains("--class must be in 0..10"), "{err}");
+}
