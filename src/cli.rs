@@ -41,6 +41,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Measure training and sampling speed.
     Bench(BenchArgs),
+    /// Train the small MNIST classifier that judges generated digits.
+    TrainClassifier(ClassifierArgs),
 }
 
 /// Options of `flowlab train`.
@@ -176,6 +178,26 @@ pub struct SampleArgs {
     /// Device: cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// Options of `flowlab train-classifier`.
+#[derive(Debug, Args)]
+pub struct ClassifierArgs {
+    /// Training steps.
+    #[arg(long, default_value_t = 1500)]
+    pub steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Seed of the initial weights and batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the classifier.
+    #[arg(long, default_value = "weights/mnist-classifier.safetensors")]
+    pub out: PathBuf,
+    /// Folder with MNIST-layout IDX files (default: the embedded MNIST).
+    #[arg(long)]
+    pub mnist_dir: Option<PathBuf>,
 }
 
 /// Options of `flowlab eval`.
@@ -806,6 +828,52 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_train_classifier(a: &ClassifierArgs) -> Result<()> {
+    if a.steps == 0 || a.batch == 0 {
+        return Err(Error::config("--steps and --batch must be at least 1"));
+    }
+    let dev = Device::Cpu;
+    let set = match &a.mnist_dir {
+        Some(dir) => crate::data::mnist::Mnist::from_dir(dir)?,
+        None => crate::data::mnist::Mnist::embedded()?,
+    };
+    let classes = set
+        .train
+        .labels
+        .iter()
+        .max()
+        .map_or(0, |&m| usize::from(m) + 1);
+    let mut model = crate::classifier::Classifier::new(classes, a.seed, &dev)?;
+    let bar = ProgressBar::new(a.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    model.train(&set.train, a.steps, a.batch, a.seed, &dev, |s, loss| {
+        bar.set_position(s);
+        bar.set_message(format!("loss {loss:.4}"));
+    })?;
+    bar.finish_and_clear();
+    let accuracy = model.accuracy(&set.test, None, &dev)?;
+    let meta = crate::classifier::ClassifierMeta {
+        classes,
+        steps: a.steps,
+        batch_size: a.batch,
+        seed: a.seed,
+        test_accuracy: accuracy,
+    };
+    model.save(&a.out, &meta)?;
+    println!(
+        "test accuracy {:.2} % on {} images; wrote {} ({:.1} s)",
+        100.0 * accuracy,
+        set.test.n,
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Runs a parsed command.
 pub fn run(cmd: &Command) -> Result<()> {
     match cmd {
@@ -813,5 +881,6 @@ pub fn run(cmd: &Command) -> Result<()> {
         Command::Sample(a) => run_sample(a),
         Command::Eval(a) => run_eval(a),
         Command::Bench(a) => run_bench(a),
+        Command::TrainClassifier(a) => run_train_classifier(a),
     }
 }

@@ -10,6 +10,7 @@
 //! * [`train`]: configuration, AdamW, and the training loop;
 //! * [`checkpoint`]: single-file safetensors checkpoints;
 //! * [`metrics`]: exact and sliced 2-Wasserstein distances;
+//! * [`classifier`]: a small MNIST classifier that judges generated digits;
 //! * [`bench`]: the speed measurements behind `flowlab bench`.
 //!
 //! **Time convention: t = 0 is noise (x_0 ~ N(0, I)), t = 1 is data (x_1).**
@@ -19,6 +20,7 @@
 pub mod app;
 pub mod bench;
 pub mod checkpoint;
+pub mod classifier;
 pub mod cli;
 pub mod data;
 pub mod error;

@@ -3,6 +3,7 @@
 
 mod app;
 mod checkpoint;
+mod classifier;
 mod cli;
 mod common;
 mod data;

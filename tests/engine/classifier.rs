@@ -1,0 +1,77 @@
+//! The MNIST classifier that judges generated digits: the shipped weights reach
+//! the 98 % bar on the whole test set, training learns, files round-trip, and
+//! other files are refused with a message.
+
+use std::path::Path;
+
+use candle_core::Device;
+use flowlab::classifier::Classifier;
+use flowlab::data::mnist::Mnist;
+
+use crate::common::temp_dir;
+
+fn shipped() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/mnist-classifier.safetensors")
+}
+
+#[test]
+fn shipped_classifier_recognises_98_percent_of_the_test_set() {
+    let set = Mnist::embedded().expect("mnist");
+    let (model, meta) = Classifier::load(&shipped(), &Device::Cpu).expect("load");
+    assert_eq!(meta.classes, 10);
+    let acc = model
+        .accuracy(&set.test, None, &Device::Cpu)
+        .expect("accuracy");
+    assert!(acc >= 0.98, "test accuracy {acc}");
+    assert!(
+        (acc - meta.test_accuracy).abs() < 1e-9,
+        "stored {} vs {acc}",
+        meta.test_accuracy
+    );
+}
+
+#[test]
+fn classifier_training_learns_and_files_round_trip() {
+    let dev = Device::Cpu;
+    let set = Mnist::embedded().expect("mnist");
+    let mut model = Classifier::new(10, 3, &dev).expect("new");
+    let before = model
+        .accuracy(&set.test, Some(1000), &dev)
+        .expect("accuracy");
+    let mut losses = Vec::new();
+    model
+        .train(&set.train, 80, 64, 3, &dev, |_, l| losses.push(l))
+        .expect("train");
+    let after = model
+        .accuracy(&set.test, Some(1000), &dev)
+        .expect("accuracy");
+    assert!(before < 0.3 && after > 0.85, "accuracy {before} -> {after}");
+    let meta = flowlab::classifier::ClassifierMeta {
+        classes: 10,
+        steps: 80,
+        batch_size: 64,
+        seed: 3,
+        test_accuracy: after,
+    };
+    let dir = temp_dir("classifier");
+    let path = dir.join("c.safetensors");
+    model.save(&path, &meta).expect("save");
+    let (back, meta_back) = Classifier::load(&path, &dev).expect("load");
+    assert_eq!(meta_back, meta);
+    let again = back
+        .accuracy(&set.test, Some(1000), &dev)
+        .expect("accuracy");
+    assert_eq!(again, after);
+    // A flow checkpoint, a truncated file and a missing file are refused.
+    let moons = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/moons.safetensors");
+    let err = Classifier::load(&moons, &dev)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("not a FlowLab classifier"), "{err}");
+    let bytes = std::fs::read(&path).expect("read");
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    assert!(Classifier::load(&cut, &dev).is_err());
+    assert!(Classifier::load(&dir.join("missing.safetensors"), &dev).is_err());
+}
