@@ -223,6 +223,16 @@ impl Classifier {
         Ok((model, meta))
     }
 
+    /// The classifier shipped in `weights/mnist-classifier.safetensors`, built
+    /// into the binary (`flowlab train-classifier` made it).
+    pub fn embedded(device: &Device) -> Result<(Self, ClassifierMeta)> {
+        Self::from_bytes(
+            include_bytes!("../weights/mnist-classifier.safetensors"),
+            Path::new("<embedded>/mnist-classifier.safetensors"),
+            device,
+        )
+    }
+
     /// Reads a classifier file.
     pub fn load(path: &Path, device: &Device) -> Result<(Self, ClassifierMeta)> {
         let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
@@ -244,4 +254,76 @@ fn images(set: &ImageSet, idx: &[usize], device: &Device) -> Result<(Tensor, Vec
     }
     let x = Tensor::from_vec(px, (idx.len(), 1, set.rows, set.cols), device)?;
     Ok((x, labels))
+}
+
+/// Classifier-based quality of generated images.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageQuality {
+    /// Fraction of samples recognised as their requested class (class-conditional
+    /// samples only).
+    pub accuracy: Option<f64>,
+    /// Fréchet distance between classifier features of the samples and of real
+    /// test images (not Inception FID).
+    pub frechet: f64,
+    /// The same distance between two disjoint sets of real images of that size
+    /// (test vs training): what a perfect model would score.
+    pub frechet_floor: f64,
+}
+
+/// Judges `samples` (`(n, 1, 28, 28)` flattened, model space [-1, 1]) with the
+/// classifier: accuracy against `labels` when given, and the Fréchet distance
+/// to the first `n` images of `reference` (its floor: `reference` vs `other`).
+pub fn judge(
+    classifier: &Classifier,
+    samples: &[f32],
+    labels: Option<&[u32]>,
+    reference: &ImageSet,
+    other: &ImageSet,
+    device: &Device,
+) -> Result<ImageQuality> {
+    let pixels = reference.rows * reference.cols;
+    let n = samples.len() / pixels.max(1);
+    if n < 2 || n > reference.n || n > other.n {
+        return Err(Error::config(format!(
+            "judging needs 2..={} samples, got {n}",
+            reference.n.min(other.n)
+        )));
+    }
+    let x = Tensor::from_vec(
+        samples.to_vec(),
+        (n, 1, reference.rows, reference.cols),
+        device,
+    )?;
+    let features = |x: &Tensor| -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(x.dim(0)? * FEATURES);
+        let mut start = 0;
+        let total = x.dim(0)?;
+        while start < total {
+            let len = 500.min(total - start);
+            out.extend(
+                classifier
+                    .features(&x.narrow(0, start, len)?)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+            start += len;
+        }
+        Ok(out)
+    };
+    let accuracy = match labels {
+        Some(l) => {
+            let pred = classifier.predict(&x)?;
+            Some(pred.iter().zip(l).filter(|(p, l)| p == l).count() as f64 / n as f64)
+        }
+        None => None,
+    };
+    let idx: Vec<usize> = (0..n).collect();
+    let (real, _) = images(reference, &idx, device)?;
+    let (real2, _) = images(other, &idx, device)?;
+    let f_real = features(&real)?;
+    Ok(ImageQuality {
+        accuracy,
+        frechet: crate::metrics::frechet_distance(&features(&x)?, &f_real, FEATURES)?,
+        frechet_floor: crate::metrics::frechet_distance(&features(&real2)?, &f_real, FEATURES)?,
+    })
 }

@@ -221,6 +221,15 @@ pub struct EvalArgs {
     /// Device: cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Images: guidance scale for the class-conditional samples the classifier judges.
+    #[arg(long, default_value_t = 2.0)]
+    pub guidance: f64,
+    /// Images: the classifier that judges samples (default: the built-in MNIST one).
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// Images: only the classifier's verdict, not the W2 table of every solver.
+    #[arg(long)]
+    pub classifier_only: bool,
 }
 
 /// Options of `flowlab bench`.
@@ -757,6 +766,12 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
         a.n,
         a.n
     );
+    if image {
+        judge_images(a, &loaded, &dev)?;
+        if a.classifier_only {
+            return Ok(());
+        }
+    }
     println!(
         "floor (two independent held-out sets): W2 {:.4}  sliced-W2 {:.4}",
         w2_exact(&reference, &reference2, dim)?,
@@ -812,7 +827,68 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` repeatedly for about `seconds` after one warm-up call; returns calls per second.
+/// The classifier's verdict on an image checkpoint: class accuracy of guided
+/// samples (class-conditional models) and the classifier-based Fréchet distance.
+fn judge_images(a: &EvalArgs, loaded: &LoadedModel, dev: &Device) -> Result<()> {
+    let (classifier, _) = match &a.classifier {
+        Some(p) => crate::classifier::Classifier::load(p, dev)?,
+        None => crate::classifier::Classifier::embedded(dev)?,
+    };
+    let set = match &a.mnist_dir {
+        Some(dir) => crate::data::mnist::Mnist::from_dir(dir)?,
+        None => crate::data::mnist::Mnist::embedded()?,
+    };
+    let meta = &loaded.meta;
+    let solver = meta.config.solver;
+    let model = loaded.model.as_ref();
+    let classes = model.classes();
+    let started = Instant::now();
+    let (samples, labels) = if classes > 0 {
+        let labels: Vec<u32> = (0..a.n).map(|i| (i % classes) as u32).collect();
+        let s = crate::sample::sample_guided(
+            model,
+            &meta.sample_shape,
+            &labels,
+            a.guidance,
+            a.seed,
+            &solver,
+            dev,
+        )?;
+        (s.data, Some(labels))
+    } else {
+        let s = sample(model, &meta.sample_shape, a.n, a.seed, &solver, false, dev)?;
+        (s.data, None)
+    };
+    let q = crate::classifier::judge(
+        &classifier,
+        &samples,
+        labels.as_deref(),
+        &set.test,
+        &set.train,
+        dev,
+    )?;
+    let how = if classes > 0 {
+        format!("class-conditional, guidance {}", a.guidance)
+    } else {
+        "unconditional".to_string()
+    };
+    println!(
+        "classifier verdict on {} samples ({how}, {}, {:.1} s):",
+        a.n,
+        solver.describe(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(acc) = q.accuracy {
+        println!("  recognised as the requested digit: {:.1} %", 100.0 * acc);
+    }
+    println!(
+        "  classifier-feature Frechet distance (not Inception FID): {:.3}  (real test vs real train images: {:.3})",
+        q.frechet, q.frechet_floor
+    );
+    Ok(())
+}
+
+/// `flowlab bench`: the report of [`crate::bench::run`], printed and optionally written.
 fn run_bench(a: &BenchArgs) -> Result<()> {
     let opts = crate::bench::BenchOptions {
         seconds: a.seconds,

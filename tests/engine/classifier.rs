@@ -75,3 +75,54 @@ fn classifier_training_learns_and_files_round_trip() {
     assert!(Classifier::load(&cut, &dev).is_err());
     assert!(Classifier::load(&dir.join("missing.safetensors"), &dev).is_err());
 }
+
+#[test]
+fn judging_real_digits_gives_the_classifier_accuracy_and_a_zero_distance() {
+    use flowlab::classifier::judge;
+    let dev = Device::Cpu;
+    let set = Mnist::embedded().expect("mnist");
+    let (model, _) = Classifier::embedded(&dev).expect("embedded");
+    let n = 600;
+    let px = |s: &flowlab::data::mnist::ImageSet| -> Vec<f32> {
+        s.pixels[..n * 784]
+            .iter()
+            .map(|&p| f32::from(p) / 127.5 - 1.0)
+            .collect()
+    };
+    let labels: Vec<u32> = set.test.labels[..n].iter().map(|&l| u32::from(l)).collect();
+    // The reference images themselves: distance 0, the classifier's accuracy.
+    let q = judge(
+        &model,
+        &px(&set.test),
+        Some(&labels),
+        &set.test,
+        &set.train,
+        &dev,
+    )
+    .expect("judge");
+    assert!(q.frechet < 1e-3, "{q:?}");
+    assert!(q.accuracy.is_some_and(|a| a >= 0.97), "{q:?}");
+    // Other real images score the floor; wrong labels score low accuracy.
+    let q2 = judge(&model, &px(&set.train), None, &set.test, &set.train, &dev).expect("judge");
+    assert!(
+        (q2.frechet - q2.frechet_floor).abs() < 1e-6 * q2.frechet_floor.max(1.0),
+        "{q2:?}"
+    );
+    let wrong: Vec<u32> = labels.iter().map(|l| (l + 1) % 10).collect();
+    let q3 = judge(
+        &model,
+        &px(&set.test),
+        Some(&wrong),
+        &set.test,
+        &set.train,
+        &dev,
+    )
+    .expect("judge");
+    assert!(q3.accuracy.is_some_and(|a| a < 0.05), "{q3:?}");
+    // Noise is far from digits.
+    let noise: Vec<f32> = (0..n * 784)
+        .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    let q4 = judge(&model, &noise, None, &set.test, &set.train, &dev).expect("judge");
+    assert!(q4.frechet > 5.0 * q4.frechet_floor, "{q4:?}");
+}

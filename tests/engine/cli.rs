@@ -434,4 +434,20 @@ fn class_conditional_unet_trains_and_samples_digits_by_class() {
         dir.join("x.png").to_str().expect("utf8"),
     ]);
     assert!(err.contains("--class must be in 0..10"), "{err}");
+    // The classifier judges the guided samples.
+    let out = ok(&[
+        "eval",
+        "--checkpoint",
+        ck_s,
+        "-n",
+        "20",
+        "--steps",
+        "2",
+        "--classifier-only",
+    ]);
+    assert!(out.contains("recognised as the requested digit"), "{out}");
+    assert!(
+        out.contains("Frechet distance (not Inception FID)"),
+        "{out}"
+    );
 }

@@ -50,3 +50,41 @@ fn sliced_w2_of_a_translation_matches_its_expectation() {
     let nan = vec![f32::NAN; a.len()];
     assert!(sliced_w2(&a, &nan, 2, 5, 0).is_err());
 }
+
+#[test]
+fn frechet_distance_matches_the_gaussian_formula() {
+    use flowlab::metrics::frechet_distance;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let n = 40_000;
+    // A ~ N(0, diag(1, 4, 9)), B ~ N((1, 0, 0), diag(4, 4, 1)):
+    // FD = 1 + (1 + 4 − 2·2) + (4 + 4 − 2·4) + (9 + 1 − 2·3) = 6.
+    let mut draw = |mean: [f32; 3], sd: [f32; 3]| -> Vec<f32> {
+        (0..n)
+            .flat_map(|_| {
+                (0..3)
+                    .map(|k| {
+                        let z: f32 = StandardNormal.sample(&mut rng);
+                        mean[k] + sd[k] * z
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let a = draw([0.0; 3], [1.0, 2.0, 3.0]);
+    let b = draw([1.0, 0.0, 0.0], [2.0, 2.0, 1.0]);
+    let fd = frechet_distance(&a, &b, 3).expect("fd");
+    assert!((fd - 6.0).abs() < 0.15, "FD {fd}, expected 6");
+    // Zero for a set against itself, and the same after rotating both sets.
+    assert!(frechet_distance(&a, &a, 3).expect("fd") < 1e-6);
+    let (c, s) = (0.6f32, 0.8f32);
+    let rot = |x: &[f32]| -> Vec<f32> {
+        x.chunks_exact(3)
+            .flat_map(|p| [c * p[0] - s * p[1], s * p[0] + c * p[1], p[2]])
+            .collect()
+    };
+    let fd_rot = frechet_distance(&rot(&a), &rot(&b), 3).expect("fd");
+    assert!((fd_rot - fd).abs() < 1e-6 * fd.max(1.0), "{fd_rot} vs {fd}");
+    assert!(frechet_distance(&a[..3], &b, 3).is_err());
+}
