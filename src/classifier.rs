@@ -101,18 +101,16 @@ impl Classifier {
         Ok(ops::linear(&self.features(x)?, &self.out)?)
     }
 
-    /// Predicted classes of images `(n, 1, 28, 28)`, in batches of 500.
+    /// Predicted classes of images `(n, 1, 28, 28)`, in batches of [`EVAL_BATCH`].
     pub fn predict(&self, x: &Tensor) -> Result<Vec<u32>> {
-        let n = x.dim(0)?;
-        let mut out = Vec::with_capacity(n);
-        let mut start = 0;
-        while start < n {
-            let len = 500.min(n - start);
-            let logits = self.logits(&x.narrow(0, start, len)?)?;
-            out.extend(logits.argmax(1)?.to_vec1::<u32>()?);
-            start += len;
-        }
-        Ok(out)
+        in_batches(x, |b| Ok(self.logits(b)?.argmax(1)?.to_vec1::<u32>()?))
+    }
+
+    /// Features of images `(n, 1, 28, 28)`, flattened `(n, FEATURES)`, in batches.
+    pub fn features_of(&self, x: &Tensor) -> Result<Vec<f32>> {
+        in_batches(x, |b| {
+            Ok(self.features(b)?.flatten_all()?.to_vec1::<f32>()?)
+        })
     }
 
     /// Fraction of `set`'s images (the first `limit`, or all) classified correctly.
@@ -240,6 +238,22 @@ impl Classifier {
     }
 }
 
+/// Images per forward pass when classifying or extracting features.
+pub const EVAL_BATCH: usize = 500;
+
+/// `f` on consecutive batches of at most [`EVAL_BATCH`] rows of `x`, results concatenated.
+fn in_batches<T>(x: &Tensor, f: impl Fn(&Tensor) -> Result<Vec<T>>) -> Result<Vec<T>> {
+    let n = x.dim(0)?;
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let len = EVAL_BATCH.min(n - start);
+        out.extend(f(&x.narrow(0, start, len)?)?);
+        start += len;
+    }
+    Ok(out)
+}
+
 /// Images `idx` of `set` as `(n, 1, rows, cols)` in [-1, 1], and their labels.
 fn images(set: &ImageSet, idx: &[usize], device: &Device) -> Result<(Tensor, Vec<u32>)> {
     let len = set.rows * set.cols;
@@ -294,22 +308,6 @@ pub fn judge(
         (n, 1, reference.rows, reference.cols),
         device,
     )?;
-    let features = |x: &Tensor| -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(x.dim(0)? * FEATURES);
-        let mut start = 0;
-        let total = x.dim(0)?;
-        while start < total {
-            let len = 500.min(total - start);
-            out.extend(
-                classifier
-                    .features(&x.narrow(0, start, len)?)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            );
-            start += len;
-        }
-        Ok(out)
-    };
     let accuracy = match labels {
         Some(l) => {
             let pred = classifier.predict(&x)?;
@@ -320,10 +318,14 @@ pub fn judge(
     let idx: Vec<usize> = (0..n).collect();
     let (real, _) = images(reference, &idx, device)?;
     let (real2, _) = images(other, &idx, device)?;
-    let f_real = features(&real)?;
+    let f_real = classifier.features_of(&real)?;
     Ok(ImageQuality {
         accuracy,
-        frechet: crate::metrics::frechet_distance(&features(&x)?, &f_real, FEATURES)?,
-        frechet_floor: crate::metrics::frechet_distance(&features(&real2)?, &f_real, FEATURES)?,
+        frechet: crate::metrics::frechet_distance(&classifier.features_of(&x)?, &f_real, FEATURES)?,
+        frechet_floor: crate::metrics::frechet_distance(
+            &classifier.features_of(&real2)?,
+            &f_real,
+            FEATURES,
+        )?,
     })
 }

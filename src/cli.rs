@@ -913,12 +913,7 @@ fn run_train_classifier(a: &ClassifierArgs) -> Result<()> {
         Some(dir) => crate::data::mnist::Mnist::from_dir(dir)?,
         None => crate::data::mnist::Mnist::embedded()?,
     };
-    let classes = set
-        .train
-        .labels
-        .iter()
-        .max()
-        .map_or(0, |&m| usize::from(m) + 1);
+    let classes = set.train.classes();
     let mut model = crate::classifier::Classifier::new(classes, a.seed, &dev)?;
     let bar = ProgressBar::new(a.steps);
     bar.set_style(

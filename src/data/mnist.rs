@@ -37,6 +37,11 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
+    /// Number of classes: one more than the largest label (10 for MNIST).
+    pub fn classes(&self) -> usize {
+        self.labels.iter().max().map_or(0, |&m| usize::from(m) + 1)
+    }
+
     /// Pixels of image `i`, `rows * cols` bytes, or `None` if out of range.
     pub fn image(&self, i: usize) -> Option<&[u8]> {
         let len = self.rows * self.cols;

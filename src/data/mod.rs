@@ -215,12 +215,7 @@ impl Dataset for ImageDataset {
 
     /// One more than the largest training label (10 for MNIST).
     fn classes(&self) -> usize {
-        self.set
-            .train
-            .labels
-            .iter()
-            .max()
-            .map_or(0, |&m| usize::from(m) + 1)
+        self.set.train.classes()
     }
 
     fn sample_train_labeled(&self, n: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<u32>) {

@@ -61,61 +61,8 @@ fn silu_grad_kernel(out: &mut [f32], x: &[f32], g: &[f32]) {
 
 // The same kernels compiled for AVX-512 and AVX2, so the polynomial exponential
 // runs 16 or 8 lanes wide.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn silu_v4(out: &mut [f32], x: &[f32]) {
-    silu_kernel(out, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_v3(out: &mut [f32], x: &[f32]) {
-    silu_kernel(out, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn silu_grad_v4(out: &mut [f32], x: &[f32], g: &[f32]) {
-    silu_grad_kernel(out, x, g)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_grad_v3(out: &mut [f32], x: &[f32], g: &[f32]) {
-    silu_grad_kernel(out, x, g)
-}
-
-fn silu_best(out: &mut [f32], x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked at run time).
-            return unsafe { silu_v4(out, x) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            return unsafe { silu_v3(out, x) };
-        }
-    }
-    silu_kernel(out, x)
-}
-
-fn silu_grad_best(out: &mut [f32], x: &[f32], g: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked at run time).
-            return unsafe { silu_grad_v4(out, x, g) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            return unsafe { silu_grad_v3(out, x, g) };
-        }
-    }
-    silu_grad_kernel(out, x, g)
-}
+simd_dispatch!(fn silu_best(out: &mut [f32], x: &[f32]) => silu_kernel);
+simd_dispatch!(fn silu_grad_best(out: &mut [f32], x: &[f32], g: &[f32]) => silu_grad_kernel);
 
 /// Multiplies `d[i]` by the SiLU derivative at `x[i]`, σ(x) (1 + x (1 − σ(x))).
 #[inline(always)]
