@@ -3,6 +3,11 @@
 //! [`TrainConfig`], step, seed, sample shape and format version as JSON in the
 //! safetensors metadata, so a file alone rebuilds its model and resumes training.
 //!
+//! A *weights-only* checkpoint ([`Checkpoint::weights_only`]) keeps just the
+//! sampling weights (the EMA weights when present) as `model.*`, plus the
+//! config and loss history: a quarter of the size, for shipping pretrained
+//! models. It still opens for training, with fresh optimiser moments.
+//!
 //! Writes are atomic (temporary file + rename). Loading checks, with a message
 //! naming the file: that it is safetensors at all, that FlowLab wrote it, its
 //! format version, a CRC-32 of every tensor's bytes (catches corruption), that
@@ -136,6 +141,31 @@ impl Checkpoint {
             created_unix_secs,
         };
         Ok(Checkpoint { meta, tensors })
+    }
+
+    /// Whether the file holds the optimiser state (false for a weights-only checkpoint).
+    pub fn has_optimizer_state(&self) -> bool {
+        self.tensors.keys().any(|k| k.starts_with("opt."))
+    }
+
+    /// A weights-only copy: the sampling weights (EMA when stored, else the
+    /// training weights) as `model.*`, the loss history and the metadata; no
+    /// EMA copy and no optimiser moments.
+    pub fn weights_only(&self) -> Checkpoint {
+        let has_ema = self.tensors.keys().any(|k| k.starts_with("ema."));
+        let keep = if has_ema { "ema." } else { "model." };
+        let mut tensors = HashMap::new();
+        for (k, t) in &self.tensors {
+            if let Some(name) = k.strip_prefix(keep) {
+                tensors.insert(format!("model.{name}"), t.clone());
+            } else if k == HISTORY_KEY {
+                tensors.insert(k.clone(), t.clone());
+            }
+        }
+        Checkpoint {
+            meta: self.meta.clone(),
+            tensors,
+        }
     }
 
     /// Serialises to safetensors bytes (CRC filled in).
@@ -293,7 +323,9 @@ impl Checkpoint {
         Ok(model)
     }
 
-    /// Rebuilds a trainer in exactly the saved state, so training resumes where it stopped.
+    /// Rebuilds a trainer in exactly the saved state, so training resumes where
+    /// it stopped. A weights-only file resumes with zero optimiser moments (and
+    /// the bias correction restarted) and its weights as the EMA.
     pub fn into_trainer(self, device: &Device, path: &Path) -> Result<Trainer> {
         let mut tr = Trainer::new(self.meta.config.clone(), device)?;
         if tr.sample_shape() != self.meta.sample_shape.as_slice() {
@@ -314,9 +346,14 @@ impl Checkpoint {
             }
             _ => None,
         };
-        let m = self.take("opt.m", &params, path)?;
-        let v = self.take("opt.v", &params, path)?;
-        tr.restore(&weights, ema.as_deref(), (m, v), self.meta.step)?;
+        let moments = if self.has_optimizer_state() {
+            let m = self.take("opt.m", &params, path)?;
+            let v = self.take("opt.v", &params, path)?;
+            Some((m, v))
+        } else {
+            None
+        };
+        tr.restore(&weights, ema.as_deref(), moments, self.meta.step)?;
         tr.set_history(self.history(path)?);
         Ok(tr)
     }

@@ -28,6 +28,12 @@ pub struct Cli {
     /// What to do (no command: open the desktop app).
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Open this checkpoint in the desktop app.
+    #[arg(long, value_name = "FILE", conflicts_with = "pretrained")]
+    pub open: Option<PathBuf>,
+    /// Open a model that ships with FlowLab in the desktop app: moons or mnist.
+    #[arg(long, value_name = "NAME")]
+    pub pretrained: Option<String>,
 }
 
 /// The subcommands.
@@ -43,6 +49,20 @@ pub enum Command {
     Bench(BenchArgs),
     /// Train the small MNIST classifier that judges generated digits.
     TrainClassifier(ClassifierArgs),
+    /// Write a weights-only copy of a checkpoint (sampling weights, config and
+    /// loss history; no optimiser state): about a quarter of the size.
+    ExportWeights(ExportArgs),
+}
+
+/// Options of `flowlab export-weights`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The full checkpoint.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Where to write the weights-only checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Options of `flowlab train`.
@@ -953,5 +973,23 @@ pub fn run(cmd: &Command) -> Result<()> {
         Command::Eval(a) => run_eval(a),
         Command::Bench(a) => run_bench(a),
         Command::TrainClassifier(a) => run_train_classifier(a),
+        Command::ExportWeights(a) => run_export_weights(a),
     }
+}
+
+fn run_export_weights(a: &ExportArgs) -> Result<()> {
+    let full = Checkpoint::load(&a.checkpoint, &Device::Cpu)?;
+    let slim = full.weights_only();
+    // Check that it rebuilds its model before writing it.
+    slim.model(&Device::Cpu, true, &a.out)?;
+    slim.save(&a.out)?;
+    let size = std::fs::metadata(&a.out).map_or(0, |m| m.len());
+    println!(
+        "wrote {} ({:.1} MB, step {}, {} parameters)",
+        a.out.display(),
+        size as f64 / 1e6,
+        slim.meta.step,
+        slim.meta.param_count
+    );
+    Ok(())
 }

@@ -360,7 +360,7 @@ impl Trainer {
         &mut self,
         weights: &[Tensor],
         ema: Option<&[Tensor]>,
-        moments: (Vec<Tensor>, Vec<Tensor>),
+        moments: Option<(Vec<Tensor>, Vec<Tensor>)>,
         step: u64,
     ) -> Result<()> {
         self.params.set_all(weights)?;
@@ -369,7 +369,16 @@ impl Trainer {
             (Some((_, p)), None) => p.set_all(weights)?,
             _ => {}
         }
-        self.opt.restore(moments.0, moments.1, step)?;
+        match moments {
+            Some((m, v)) => self.opt.restore(m, v, step)?,
+            None => {
+                let zeros = weights
+                    .iter()
+                    .map(Tensor::zeros_like)
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                self.opt.restore(zeros.clone(), zeros, 0)?;
+            }
+        }
         self.step = step;
         Ok(())
     }

@@ -268,3 +268,42 @@ fn saving_to_an_unwritable_path_fails_cleanly_and_keeps_the_old_file() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn weights_only_checkpoints_sample_like_the_full_one_and_still_train() {
+    let (path, tr) = saved("weights-only");
+    let full = Checkpoint::load(&path, &Device::Cpu).expect("load");
+    assert!(full.has_optimizer_state());
+    let slim = full.weights_only();
+    assert!(!slim.has_optimizer_state());
+    assert!(slim.tensors.keys().all(|k| !k.starts_with("ema.")));
+    let slim_path = path.with_file_name("slim.safetensors");
+    slim.save(&slim_path).expect("save");
+    let (big, small) = (
+        std::fs::metadata(&path).expect("size").len(),
+        std::fs::metadata(&slim_path).expect("size").len(),
+    );
+    assert!(small * 3 < big, "{small} bytes vs {big}");
+    // Sampling uses the full file's EMA weights, which the slim file keeps.
+    let loaded = LoadedModel::load(&slim_path, &Device::Cpu).expect("loaded");
+    let x = Tensor::from_vec(vec![0.1f32, -0.2, 1.5, 0.3], (2, 2), &Device::Cpu).expect("x");
+    let t = Tensor::from_vec(vec![0.25f32, 0.75], 2, &Device::Cpu).expect("t");
+    let a = tr.sampling_model().velocity(&x, &t).expect("v");
+    let b = loaded.model.velocity(&x, &t).expect("v");
+    assert_eq!(max_diff(&a, &b), 0.0);
+    // It opens for training: step count and history kept, fresh moments.
+    let mut back = Checkpoint::load(&slim_path, &Device::Cpu)
+        .expect("load")
+        .into_trainer(&Device::Cpu, &slim_path)
+        .expect("trainer");
+    assert_eq!((back.step_count(), back.history().len()), (5, 5));
+    assert_eq!(back.optimizer().updates(), 0);
+    let (m, _) = back.optimizer().moments().expect("moments");
+    assert!(
+        m.iter()
+            .all(|m| max_diff(m, &m.zeros_like().expect("z")) == 0.0)
+    );
+    let r = back.step().expect("a step after loading");
+    assert!(r.loss.is_finite());
+    assert_eq!(back.optimizer().updates(), 1);
+}

@@ -434,6 +434,44 @@ fn class_conditional_unet_trains_and_samples_digits_by_class() {
         dir.join("x.png").to_str().expect("utf8"),
     ]);
     assert!(err.contains("--class must be in 0..10"), "{err}");
+    // A weights-only copy is a quarter of the size and samples the same.
+    let slim = dir.join("slim.safetensors");
+    let out = ok(&[
+        "export-weights",
+        "--checkpoint",
+        ck_s,
+        "--out",
+        slim.to_str().expect("utf8"),
+    ]);
+    assert!(out.contains("step 2"), "{out}");
+    let size = |p: &std::path::Path| std::fs::metadata(p).expect("size").len();
+    assert!(
+        4 * size(&slim) < size(&ck) + 4096,
+        "{} vs {}",
+        size(&slim),
+        size(&ck)
+    );
+    let idx_slim = dir.join("three-slim.idx");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        slim.to_str().expect("utf8"),
+        "--class",
+        "3",
+        "--guidance",
+        "2",
+        "--steps",
+        "2",
+        "-n",
+        "6",
+        "--out",
+        idx_slim.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        std::fs::read(&idx).expect("idx"),
+        std::fs::read(&idx_slim).expect("idx"),
+        "the same digits from the weights-only file"
+    );
     // The classifier judges the guided samples.
     let out = ok(&[
         "eval",
