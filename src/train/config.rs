@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DatasetKind, Toy2d};
 use crate::flow::{Scheduler, TimeSampling};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, UnetConfig};
 use crate::solver::SolverConfig;
 use crate::{Error, Result};
 
@@ -146,7 +146,34 @@ impl Default for TrainConfig {
     }
 }
 
+/// Classes of MNIST (the digits), which a UNet for MNIST is conditioned on by default.
+pub const MNIST_CLASSES: usize = 10;
+
 impl TrainConfig {
+    /// This config moved to `dataset`. Switching between 2D points and images
+    /// also switches the model (MLP, or a UNet conditioned on the digits), the
+    /// batch size and the steps to that kind of data's defaults (batch 128 and
+    /// 2000 steps for images); the seed and every other setting stay.
+    pub fn with_dataset(&self, dataset: DatasetKind) -> TrainConfig {
+        let mut c = self.clone();
+        let (was_image, is_image) = (c.dataset.is_image(), dataset.is_image());
+        c.dataset = dataset;
+        if is_image && !was_image {
+            c.model = ModelConfig::Unet(UnetConfig {
+                classes: MNIST_CLASSES,
+                ..UnetConfig::default()
+            });
+            c.batch_size = 128;
+            c.steps = 2000;
+        } else if was_image && !is_image {
+            let d = TrainConfig::default();
+            c.model = d.model;
+            c.batch_size = d.batch_size;
+            c.steps = d.steps;
+        }
+        c
+    }
+
     /// Checks every value is in range, with a message naming the bad one.
     pub fn validate(&self) -> Result<()> {
         if let DatasetKind::Toy2d { toy } = &self.dataset {

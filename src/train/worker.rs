@@ -22,8 +22,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 
 use super::{StepReport, TrainConfig, Trainer};
 use crate::checkpoint::Checkpoint;
+use crate::model::Guided;
 use crate::rng::noise;
-use crate::solver::{Integration, SolverConfig, integrate};
+use crate::solver::{Integration, SolverConfig, SolverKind, integrate};
 use crate::{Error, Result};
 
 /// Settings that apply immediately, without resetting the run.
@@ -37,6 +38,41 @@ pub struct LiveSettings {
     pub preview_n: usize,
     /// Peak learning rate (the schedule is rescaled to it).
     pub lr: f64,
+    /// Classifier-free guidance scale w of class-conditional image previews
+    /// (0: unconditional, 1: conditional, above 1: sharper classes).
+    #[serde(default = "default_guidance")]
+    pub guidance: f64,
+    /// The class of every image preview sample; `None`: each class in turn,
+    /// one grid row each.
+    #[serde(default)]
+    pub class: Option<u32>,
+}
+
+fn default_guidance() -> f64 {
+    2.0
+}
+
+/// Columns of the image preview grid.
+pub const GRID_COLUMNS: usize = 6;
+/// Rows of the image preview grid (one per MNIST digit when conditional).
+pub const GRID_ROWS: usize = 10;
+/// Rows of the image grid drawn (and shown) at a time: smaller parts show
+/// progress sooner but run the network at a less efficient batch size.
+pub const GRID_PART_ROWS: usize = 5;
+
+/// Labels of the image preview grid for a model with `classes` classes:
+/// every sample of class `class`, or row r of class r mod `classes` when
+/// `class` is `None` (or out of range). Empty for an unconditional model.
+pub fn grid_labels(classes: usize, class: Option<u32>) -> Vec<u32> {
+    if classes == 0 {
+        return Vec::new();
+    }
+    (0..GRID_ROWS * GRID_COLUMNS)
+        .map(|i| match class {
+            Some(c) if (c as usize) < classes => c,
+            _ => ((i / GRID_COLUMNS) % classes) as u32,
+        })
+        .collect()
 }
 
 impl LiveSettings {
@@ -47,6 +83,8 @@ impl LiveSettings {
             preview_every: 100,
             preview_n: 1000,
             lr: cfg.optimizer.lr,
+            guidance: default_guidance(),
+            class: None,
         }
     }
 }
@@ -64,7 +102,7 @@ pub enum Command {
     Step(u64),
     /// Rebuild the current run from its config (fresh weights), paused.
     Reset,
-    /// Draw a preview now.
+    /// Draw a preview now (a preview already being drawn is abandoned).
     SampleNow,
     /// Change the live settings.
     SetLive(LiveSettings),
@@ -117,6 +155,14 @@ pub struct SampleSnapshot {
     pub states: Vec<Vec<f32>>,
     /// Function evaluations used.
     pub nfe: usize,
+    /// Class of each sample (class-conditional image previews; else empty).
+    pub labels: Vec<u32>,
+    /// Guidance scale used (class-conditional image previews).
+    pub guidance: Option<f64>,
+    /// Columns of the image grid (images only; 0 for 2D points).
+    pub columns: usize,
+    /// False for a partly drawn image grid (its later rows still show noise).
+    pub complete: bool,
 }
 
 /// What the worker tells the GUI.
@@ -162,6 +208,7 @@ pub struct Worker {
     commands: Sender<Command>,
     events: Receiver<Event>,
     stop: Arc<AtomicBool>,
+    cancel_preview: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -181,7 +228,9 @@ impl Worker {
         let (cmd_tx, cmd_rx) = bounded(CHANNEL_CAPACITY);
         let (ev_tx, ev_rx) = bounded(CHANNEL_CAPACITY);
         let stop = Arc::new(AtomicBool::new(false));
+        let cancel_preview = Arc::new(AtomicBool::new(false));
         let state = State {
+            cancel_preview: cancel_preview.clone(),
             device,
             commands: cmd_rx,
             events: ev_tx,
@@ -194,6 +243,7 @@ impl Worker {
             outbox: VecDeque::new(),
             progress: Vec::new(),
             samples: None,
+            preview_wanted: false,
         };
         let handle = std::thread::Builder::new()
             .name("flowlab-trainer".into())
@@ -203,12 +253,25 @@ impl Worker {
             commands: cmd_tx,
             events: ev_rx,
             stop,
+            cancel_preview,
             handle: Some(handle),
         })
     }
 
-    /// Queues a command without waiting; fails only if the queue is full or the thread is gone.
+    /// Queues a command without waiting; fails only if the queue is full or the
+    /// thread is gone. A command that makes the preview being drawn stale
+    /// (a request for a fresh one, a new run) abandons it.
     pub fn send(&self, cmd: Command) -> Result<()> {
+        if matches!(
+            cmd,
+            Command::SampleNow
+                | Command::Start(_)
+                | Command::Reset
+                | Command::Load(_)
+                | Command::LoadBytes { .. }
+        ) {
+            self.cancel_preview.store(true, Ordering::Relaxed);
+        }
         self.commands.try_send(cmd).map_err(|e| match e {
             TrySendError::Full(_) => Error::config("the training thread is busy; try again"),
             TrySendError::Disconnected(_) => Error::config("the training thread has stopped"),
@@ -247,6 +310,7 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.cancel_preview.store(true, Ordering::Relaxed);
         self.commands.try_send(Command::Shutdown).ok();
         if let Some(h) = self.handle.take() {
             h.join().ok();
@@ -261,6 +325,8 @@ struct State {
     events: Sender<Event>,
     repaint: Arc<dyn Fn() + Send + Sync>,
     stop: Arc<AtomicBool>,
+    /// Set by the GUI side to abandon the preview being drawn.
+    cancel_preview: Arc<AtomicBool>,
     trainer: Option<Trainer>,
     live: Option<LiveSettings>,
     running: bool,
@@ -268,6 +334,8 @@ struct State {
     outbox: VecDeque<Event>,
     progress: Vec<StepReport>,
     samples: Option<SampleSnapshot>,
+    /// A preview is due once the queued commands are handled (requests coalesce).
+    preview_wanted: bool,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -312,6 +380,11 @@ impl State {
                 self.guarded(|s| s.handle(cmd));
             } else if self.running {
                 self.guarded(|s| s.train_one());
+            }
+            if self.preview_wanted && self.commands.is_empty() {
+                self.preview_wanted = false;
+                self.flush();
+                self.guarded(|s| s.preview());
             }
             self.flush();
         }
@@ -365,7 +438,7 @@ impl State {
                 self.trainer = None;
                 let tr = Trainer::new(*cfg, &self.device)?;
                 self.ready(tr);
-                self.preview()?;
+                self.preview_wanted = true;
                 self.running = true;
                 self.steps_left = None;
             }
@@ -392,9 +465,9 @@ impl State {
                 self.trainer = None;
                 let tr = Trainer::new(cfg, &self.device)?;
                 self.ready(tr);
-                self.preview()?;
+                self.preview_wanted = true;
             }
-            Command::SampleNow => self.preview()?,
+            Command::SampleNow => self.preview_wanted = true,
             Command::SetLive(live) => {
                 self.live = Some(live);
                 if let Some(tr) = self.trainer.as_mut() {
@@ -462,7 +535,8 @@ impl State {
         self.trainer = None;
         self.ready(tr);
         self.outbox.push_back(Event::Loaded(path));
-        self.preview()
+        self.preview_wanted = true;
+        Ok(())
     }
 
     fn train_one(&mut self) -> Result<()> {
@@ -471,13 +545,14 @@ impl State {
             let step = tr.step_count();
             self.running = false;
             self.outbox.push_back(Event::Finished { step });
-            return self.preview();
+            self.preview_wanted = true;
+            return Ok(());
         }
         let report = tr.step()?;
         self.progress.push(report);
         let every = self.live.map_or(0, |l| l.preview_every);
         if every > 0 && report.step.is_multiple_of(every) {
-            self.preview()?;
+            self.preview_wanted = true;
         }
         if let Some(left) = self.steps_left.as_mut() {
             *left = left.saturating_sub(1);
@@ -485,44 +560,109 @@ impl State {
                 self.running = false;
                 self.steps_left = None;
                 self.outbox.push_back(Event::Paused { step: report.step });
-                self.preview()?;
+                self.preview_wanted = true;
             }
         }
         Ok(())
     }
 
-    /// Integrates the fixed preview noise with the sampling weights.
+    /// Integrates the fixed preview noise with the sampling weights: `preview_n`
+    /// 2D points, or a [`GRID_ROWS`] x [`GRID_COLUMNS`] grid of images (guided
+    /// towards [`grid_labels`] for a class-conditional model). A preview
+    /// abandoned for a newer command leaves the last one standing.
     fn preview(&mut self) -> Result<()> {
         let live = self.live;
-        let stop = self.stop.clone();
-        let tr = self.trainer()?;
+        self.cancel_preview.store(false, Ordering::Relaxed);
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let cancel = self.cancel_preview.clone();
+        let tr = self.trainer.as_ref().ok_or_else(|| {
+            Error::config("no model yet: start training or open a checkpoint first")
+        })?;
         let live = live.unwrap_or_else(|| LiveSettings::for_config(tr.config()));
         let shape = tr.sample_shape().to_vec();
-        let x0 = noise(
-            live.preview_n.max(1),
-            &shape,
-            tr.config().seed,
-            1,
-            tr.device(),
-        )?;
+        let dim: usize = shape.iter().product();
+        let image = shape.len() > 1;
+        let n = if image {
+            GRID_ROWS * GRID_COLUMNS
+        } else {
+            live.preview_n.max(1)
+        };
+        let x0 = noise(n, &shape, tr.config().seed, 1, tr.device())?;
         let how = Integration {
-            stop: Some(&stop),
+            stop: Some(&cancel),
             ..Integration::forward().with_intermediates()
         };
-        let sol = integrate(tr.sampling_model(), &x0, &live.solver, &how)?;
-        let mut states = Vec::with_capacity(sol.states.len());
-        for s in &sol.states {
-            let mut v = s.flatten_all()?.to_vec1::<f32>()?;
-            tr.dataset().to_data_space(&mut v);
-            states.push(v);
-        }
-        self.samples = Some(SampleSnapshot {
+        let model = tr.sampling_model();
+        let labels = if image {
+            grid_labels(model.classes(), live.class)
+        } else {
+            Vec::new()
+        };
+        // An image grid is drawn a few rows at a time and each finished part is
+        // shown at once (rows still to come show their noise). Adaptive steps
+        // differ between parts, so an adaptive solver draws it in one go.
+        let part = if image && live.solver.kind != SolverKind::Dopri5 {
+            GRID_PART_ROWS * GRID_COLUMNS
+        } else {
+            n
+        };
+        let mut start_noise = x0.flatten_all()?.to_vec1::<f32>()?;
+        tr.dataset().to_data_space(&mut start_noise);
+        let mut snap = SampleSnapshot {
             step: tr.step_count(),
             sample_shape: shape,
-            times: sol.times,
-            states,
-            nfe: sol.nfe,
-        });
+            times: Vec::new(),
+            states: Vec::new(),
+            nfe: 0,
+            guidance: (!labels.is_empty()).then_some(live.guidance),
+            labels: labels.clone(),
+            columns: if image { GRID_COLUMNS } else { 0 },
+            complete: false,
+        };
+        let mut start = 0;
+        while start < n {
+            let len = part.min(n - start);
+            let x = x0.narrow(0, start, len)?;
+            let sol = match labels.get(start..start + len) {
+                Some(l) if !l.is_empty() => {
+                    let l = candle_core::Tensor::from_vec(l.to_vec(), len, tr.device())?;
+                    let field = Guided::new(model, &l, live.guidance)?;
+                    integrate(&field, &x, &live.solver, &how)
+                }
+                _ => integrate(model, &x, &live.solver, &how),
+            };
+            let sol = match sol {
+                Err(Error::Interrupted) => return Ok(()),
+                other => other?,
+            };
+            if snap.states.is_empty() {
+                snap.times.clone_from(&sol.times);
+                snap.states = vec![start_noise.clone(); sol.states.len()];
+            }
+            for (dst, s) in snap.states.iter_mut().zip(&sol.states) {
+                let mut v = s.flatten_all()?.to_vec1::<f32>()?;
+                tr.dataset().to_data_space(&mut v);
+                if let Some(d) = dst.get_mut(start * dim..(start + len) * dim) {
+                    d.copy_from_slice(&v);
+                }
+            }
+            snap.nfe = snap.nfe.max(sol.nfe);
+            start += len;
+            if start < n {
+                // Show the part done so far; a full channel just skips it.
+                if self
+                    .events
+                    .try_send(Event::Samples(Box::new(snap.clone())))
+                    .is_ok()
+                {
+                    (self.repaint)();
+                }
+            }
+        }
+        snap.complete = true;
+        self.samples = Some(snap);
         Ok(())
     }
 

@@ -374,3 +374,45 @@ fn mlp_parameter_count_formula_matches_the_built_model() {
         assert_eq!(cfg.param_count(dim), built, "{width}x{depth} on {shape:?}");
     }
 }
+
+#[test]
+fn switching_dataset_kind_switches_the_model_and_back() {
+    use flowlab::data::{DatasetKind, Toy2d};
+    use flowlab::model::ModelConfig;
+    let moons = flowlab::train::TrainConfig {
+        seed: 42,
+        ..Default::default()
+    };
+    let mnist = moons.with_dataset(DatasetKind::Mnist { dir: None });
+    match &mnist.model {
+        ModelConfig::Unet(u) => assert_eq!(u.classes, 10),
+        other => panic!("expected a UNet, got {other:?}"),
+    }
+    assert_eq!((mnist.batch_size, mnist.steps, mnist.seed), (128, 2000, 42));
+    mnist.validate().expect("valid");
+    let circles = mnist.with_dataset(DatasetKind::Toy2d {
+        toy: Toy2d::Circles {
+            noise: 0.05,
+            factor: 0.5,
+        },
+    });
+    assert_eq!(circles.model, moons.model);
+    assert_eq!(
+        (circles.batch_size, circles.steps, circles.seed),
+        (512, 4000, 42)
+    );
+    // Between two 2D sets only the data changes.
+    let mut tuned = moons.clone();
+    tuned.batch_size = 64;
+    assert_eq!(
+        tuned
+            .with_dataset(DatasetKind::Toy2d {
+                toy: Toy2d::Circles {
+                    noise: 0.05,
+                    factor: 0.5
+                }
+            })
+            .batch_size,
+        64
+    );
+}

@@ -59,6 +59,8 @@ fn start_reports_progress_and_samples_then_pause_stops_within_a_step() {
         preview_every: 20,
         preview_n: 64,
         lr: 2e-3,
+        guidance: 2.0,
+        class: None,
     }))
     .expect("send");
     w.send(Command::Start(Box::new(tiny_config(100_000))))
@@ -183,5 +185,63 @@ fn commands_without_a_model_give_an_error_and_drop_joins_quickly() {
         t.elapsed() < Duration::from_secs(2),
         "join took {:?}",
         t.elapsed()
+    );
+}
+
+#[test]
+fn image_previews_fill_the_grid_part_by_part_with_the_asked_class() {
+    use flowlab::train::worker::{GRID_COLUMNS, GRID_PART_ROWS, GRID_ROWS};
+    let (w, _) = spawn();
+    let cfg: flowlab::train::TrainConfig = serde_json::from_str(
+        r#"{"dataset": {"kind": "mnist"}, "model": {"kind": "unet", "channels": [8, 16],
+            "groups": 4, "embed_dim": 16, "attention": false, "classes": 10},
+            "held_out_size": 8, "batch_size": 8, "steps": 3}"#,
+    )
+    .expect("config");
+    let mut live = LiveSettings::for_config(&cfg);
+    live.solver = SolverConfig::fixed(SolverKind::Euler, 3);
+    live.class = Some(7);
+    live.guidance = 1.5;
+    w.send(Command::SetLive(live)).expect("send");
+    w.send(Command::Start(Box::new(cfg))).expect("send");
+    let mut seen = Vec::new();
+    let done = match wait_for(
+        &w,
+        &mut seen,
+        |e| matches!(e, Event::Samples(s) if s.complete),
+    ) {
+        Event::Samples(s) => s,
+        _ => unreachable!(),
+    };
+    let n = GRID_ROWS * GRID_COLUMNS;
+    let dim = 28 * 28;
+    assert_eq!((done.labels.len(), done.guidance), (n, Some(1.5)));
+    assert!(done.labels.iter().all(|&l| l == 7));
+    assert_eq!((done.times.len(), done.nfe), (4, 3));
+    // Every image moved away from its noise by t = 1.
+    let (first, last) = (&done.states[0], &done.states[3]);
+    let moved = |i: usize| first[i * dim..(i + 1) * dim] != last[i * dim..(i + 1) * dim];
+    assert!((0..n).all(moved));
+    // Earlier partial grids: the finished rows are the final ones, rows still
+    // to come show their noise at every time.
+    let partial: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Samples(s) if !s.complete => Some(s),
+            _ => None,
+        })
+        .collect();
+    for p in &partial {
+        let still_noise =
+            |i: usize| p.states[3][i * dim..(i + 1) * dim] == first[i * dim..(i + 1) * dim];
+        let finished =
+            |i: usize| p.states[3][i * dim..(i + 1) * dim] == last[i * dim..(i + 1) * dim];
+        assert!(finished(0), "the first rows are drawn first");
+        assert!(still_noise(n - 1), "the last row comes last");
+    }
+    assert_eq!(
+        partial.len(),
+        GRID_ROWS / GRID_PART_ROWS - 1,
+        "part by part"
     );
 }
