@@ -1,4 +1,4 @@
-//! The `flowlab` binary: the command line (and, later, the desktop app).
+//! The `flowlab` binary: the desktop app (no subcommand) and the command line.
 
 use std::process::ExitCode;
 
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let cli = Cli::parse();
     let Some(cmd) = cli.command else {
-        return open_app();
+        return open_app(&cli);
     };
     match run(&cmd) {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,8 +37,20 @@ fn main() -> ExitCode {
 
 /// No subcommand: the desktop app (or the help, in a build without the GUI).
 #[cfg(feature = "gui")]
-fn open_app() -> ExitCode {
-    match flowlab::app::run() {
+fn open_app(cli: &Cli) -> ExitCode {
+    use flowlab::app::{Opening, Pretrained};
+    let open = match (&cli.open, &cli.pretrained) {
+        (Some(f), _) => Some(Opening::File(f.clone())),
+        (None, Some(name)) => match Pretrained::from_name(name) {
+            Some(p) => Some(Opening::Pretrained(p)),
+            None => {
+                eprintln!("error: --pretrained must be moons or mnist, got {name:?}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => None,
+    };
+    match flowlab::app::run(open) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -49,7 +61,7 @@ fn open_app() -> ExitCode {
 
 /// No subcommand: the desktop app (or the help, in a build without the GUI).
 #[cfg(not(feature = "gui"))]
-fn open_app() -> ExitCode {
+fn open_app(_cli: &Cli) -> ExitCode {
     use clap::CommandFactory as _;
     Cli::command().print_help().ok();
     println!();

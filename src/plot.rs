@@ -194,6 +194,26 @@ where
     crate::fsutil::write_atomic(path, buf.get_ref())
 }
 
+/// Encodes RGBA frames as an endlessly looping animated GIF, `delay_ms` per frame.
+pub fn encode_gif(
+    frames: impl IntoIterator<Item = image::RgbaImage>,
+    delay_ms: u32,
+) -> Result<Vec<u8>> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let gif_err = |e: image::ImageError| Error::config(format!("cannot encode GIF: {e}"));
+    let mut out = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
+        enc.set_repeat(Repeat::Infinite).map_err(gif_err)?;
+        for rgba in frames {
+            let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
+            enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
+                .map_err(gif_err)?;
+        }
+    }
+    Ok(out)
+}
+
 /// Encodes a t-sweep of a 2D flow as an endlessly looping animated GIF.
 /// `frames` holds flattened `(n, 2)` point sets (e.g. the particles at evenly
 /// spaced times), drawn over `reference` with bounds shared by all frames.
@@ -203,26 +223,16 @@ pub fn sweep_gif(
     size: u32,
     delay_ms: u32,
 ) -> Result<Vec<u8>> {
-    use image::codecs::gif::{GifEncoder, Repeat};
-    let gif_err = |e: image::ImageError| Error::config(format!("cannot encode GIF: {e}"));
     let mut sets: Vec<&[f32]> = frames.iter().map(Vec::as_slice).collect();
     sets.push(reference);
     let bounds = bounds_of(&sets);
-    let mut out = Vec::new();
-    {
-        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
-        enc.set_repeat(Repeat::Infinite).map_err(gif_err)?;
-        let mut fig = FlowFigure {
-            reference: reference.to_vec(),
-            ..Default::default()
-        };
-        for pts in frames {
-            fig.points.clone_from(pts);
-            let rgba = image::DynamicImage::ImageRgb8(draw_flow(&fig, bounds, size)).into_rgba8();
-            let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
-            enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
-                .map_err(gif_err)?;
-        }
-    }
-    Ok(out)
+    let mut fig = FlowFigure {
+        reference: reference.to_vec(),
+        ..Default::default()
+    };
+    let rendered = frames.iter().map(|pts| {
+        fig.points.clone_from(pts);
+        image::DynamicImage::ImageRgb8(draw_flow(&fig, bounds, size)).into_rgba8()
+    });
+    encode_gif(rendered, delay_ms)
 }

@@ -176,9 +176,17 @@ impl FlowLabApp {
         self.send(Command::Save(path.to_path_buf()));
     }
 
-    /// The flow view as PNG bytes: the layers that are on (particles at t,
-    /// trajectories, velocity arrows, data), drawn off-screen.
+    /// The view as PNG bytes: for 2D data the layers that are on (particles at
+    /// t, trajectories, velocity arrows, data), drawn off-screen; for images the
+    /// sample grid at t.
     pub fn flow_png(&self) -> crate::Result<Vec<u8>> {
+        if self.is_image_run() {
+            let img = self.grid_image()?;
+            let mut buf = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut buf, image::ImageFormat::Png)
+                .map_err(|e| crate::Error::config(format!("cannot encode PNG: {e}")))?;
+            return Ok(buf.into_inner());
+        }
         let f32s = |v: &[[f64; 2]]| -> Vec<f32> {
             v.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect()
         };
@@ -234,10 +242,26 @@ impl FlowLabApp {
             return Err(crate::Error::config("there are no samples to animate yet"));
         };
         let frames = frames.max(2);
+        let t_of = |k: usize| k as f64 / (frames - 1) as f64;
+        if self.is_image_run() {
+            // Hold the finished digits for a while at the end of each loop.
+            let mut grids = Vec::with_capacity(frames + 10);
+            for k in 0..frames + 10 {
+                let img = super::grid_at(snapshot, t_of(k.min(frames - 1)))
+                    .ok_or_else(|| crate::Error::config("the samples are not images"))?;
+                let big = image::imageops::resize(
+                    &img,
+                    img.width() * 2,
+                    img.height() * 2,
+                    image::imageops::FilterType::Nearest,
+                );
+                grids.push(image::DynamicImage::ImageLuma8(big).into_rgba8());
+            }
+            return crate::plot::encode_gif(grids, 80);
+        }
         let mut sweep = Vec::with_capacity(frames);
         for k in 0..frames {
-            let t = k as f64 / (frames - 1) as f64;
-            let pts = super::views::particles_at(snapshot, t).unwrap_or_default();
+            let pts = super::views::particles_at(snapshot, t_of(k)).unwrap_or_default();
             sweep.push(
                 pts.iter()
                     .flat_map(|p| [p[0] as f32, p[1] as f32])
@@ -286,6 +310,12 @@ impl FlowLabApp {
             if ui.button("Save checkpoint... (Ctrl+S)").clicked() {
                 self.start_dialog(FileJob::Save);
                 ui.close();
+            }
+            for which in [super::Pretrained::Moons, super::Pretrained::Mnist] {
+                if ui.button(format!("Open the {} model", which.name())).clicked() {
+                    self.open_pretrained(which);
+                    ui.close();
+                }
             }
             ui.separator();
             if ui.button("Export view as PNG...").clicked() {

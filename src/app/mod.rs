@@ -5,9 +5,11 @@
 //! (loss curve, flow at time t) and a bottom status bar.
 
 mod files;
+mod grid;
 mod settings;
 mod views;
 
+pub use grid::{PNG_SCALE, grid_at, row_labels};
 pub use views::{Layers, LossView, Playback, density, smooth};
 
 use std::sync::Arc;
@@ -21,6 +23,43 @@ use crate::train::{StepReport, TrainConfig};
 
 /// The pretrained moons model shown at start-up (made with the CLI; see the README).
 const PRETRAINED_MOONS: &[u8] = include_bytes!("../../weights/moons.safetensors");
+/// The pretrained class-conditional MNIST UNet (weights only; see the README).
+const PRETRAINED_MNIST: &[u8] = include_bytes!("../../weights/mnist.safetensors");
+
+/// The pretrained models that ship inside the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pretrained {
+    /// An MLP trained on two moons.
+    Moons,
+    /// A class-conditional UNet trained on MNIST.
+    Mnist,
+}
+
+impl Pretrained {
+    /// Its name in messages and menus.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pretrained::Moons => "pretrained moons",
+            Pretrained::Mnist => "pretrained MNIST",
+        }
+    }
+
+    /// Looks a pretrained model up by its short name (`moons`, `mnist`).
+    pub fn from_name(name: &str) -> Option<Pretrained> {
+        match name {
+            "moons" => Some(Pretrained::Moons),
+            "mnist" => Some(Pretrained::Mnist),
+            _ => None,
+        }
+    }
+
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Pretrained::Moons => PRETRAINED_MOONS,
+            Pretrained::Mnist => PRETRAINED_MNIST,
+        }
+    }
+}
 
 /// Longest time a frame spends taking worker events.
 const DRAIN_BUDGET: Duration = Duration::from_millis(4);
@@ -88,6 +127,12 @@ pub struct FlowLabApp {
     pub last: Option<StepReport>,
     /// The latest preview.
     pub snapshot: Option<SampleSnapshot>,
+    /// Counts previews received (keys the image-grid texture).
+    snapshot_gen: u64,
+    /// Whether a requested preview has not arrived yet.
+    pub preview_pending: bool,
+    /// The image grid at t, keyed by (preview, t).
+    grid_texture: Option<((u64, u64), egui::TextureHandle)>,
     /// The time shown in the flow view, 0 = noise, 1 = data.
     pub t: f64,
     /// Whether the worker is training.
@@ -139,7 +184,7 @@ impl FlowLabApp {
             Ok(w) => {
                 w.send(Command::SetLive(live)).ok();
                 w.send(Command::LoadBytes {
-                    name: "pretrained moons".into(),
+                    name: Pretrained::Moons.name().into(),
                     bytes: Arc::from(PRETRAINED_MOONS),
                 })
                 .ok();
@@ -162,6 +207,9 @@ impl FlowLabApp {
             held_out: Vec::new(),
             last: None,
             snapshot: None,
+            snapshot_gen: 0,
+            preview_pending: true,
+            grid_texture: None,
             t: 1.0,
             running: false,
             step: 0,
@@ -231,6 +279,17 @@ impl FlowLabApp {
         self.info("settings reset to their defaults".into());
     }
 
+    /// Replaces the current run by one of the pretrained models in the app.
+    pub fn open_pretrained(&mut self, which: Pretrained) {
+        self.running = false;
+        self.preview_pending = true;
+        self.info(format!("opening the {} model...", which.name()));
+        self.send(Command::LoadBytes {
+            name: which.name().into(),
+            bytes: Arc::from(which.bytes()),
+        });
+    }
+
     /// Starts a fresh run with the edited settings.
     pub fn train_new(&mut self) {
         if !self.seed_locked {
@@ -243,6 +302,7 @@ impl FlowLabApp {
         self.send(Command::SetLive(self.live));
         self.send(Command::Start(Box::new(self.config.clone())));
         self.running = true;
+        self.preview_pending = true;
         self.info("training...".into());
     }
 
@@ -317,7 +377,11 @@ impl FlowLabApp {
                     self.last = Some(*r);
                 }
             }
-            Event::Samples(s) => self.snapshot = Some(*s),
+            Event::Samples(s) => {
+                self.preview_pending = !s.complete;
+                self.snapshot = Some(*s);
+                self.snapshot_gen += 1;
+            }
             Event::Field(f) => {
                 self.field_pending = false;
                 self.field = Some(*f);
@@ -335,6 +399,7 @@ impl FlowLabApp {
             Event::Error(msg) => {
                 self.running = false;
                 self.field_pending = false;
+                self.preview_pending = false;
                 self.error(msg);
             }
         }
@@ -477,8 +542,17 @@ impl eframe::App for FlowLabApp {
     }
 }
 
-/// Opens the FlowLab window and runs until it is closed.
-pub fn run() -> crate::Result<()> {
+/// A model to open as the app starts (after the settings are restored).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opening {
+    /// One of the models in the app.
+    Pretrained(Pretrained),
+    /// A checkpoint file.
+    File(std::path::PathBuf),
+}
+
+/// Opens the FlowLab window, with `open` opened in it, and runs until it is closed.
+pub fn run(open: Option<Opening>) -> crate::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("FlowLab")
@@ -494,7 +568,13 @@ pub fn run() -> crate::Result<()> {
                 .storage
                 .and_then(|s| eframe::get_value::<Persisted>(s, eframe::APP_KEY));
             let repaint: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
-            Ok(Box::new(FlowLabApp::with_settings(repaint, restored)))
+            let mut app = FlowLabApp::with_settings(repaint, restored);
+            match &open {
+                Some(Opening::Pretrained(p)) => app.open_pretrained(*p),
+                Some(Opening::File(f)) => app.open(f),
+                None => {}
+            }
+            Ok(Box::new(app))
         }),
     )
     .map_err(|e| crate::Error::config(format!("cannot open the window: {e}")))

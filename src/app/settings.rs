@@ -13,6 +13,7 @@ impl FlowLabApp {
         let current = self.config.dataset.name();
         egui::ComboBox::from_label("dataset")
             .selected_text(current)
+            .height(440.0)
             .show_ui(ui, |ui| {
                 for toy in Toy2d::ALL {
                     ui.horizontal(|ui| {
@@ -21,13 +22,26 @@ impl FlowLabApp {
                             .selectable_label(current == toy.name(), toy.name())
                             .clicked()
                         {
-                            self.config.dataset = DatasetKind::Toy2d { toy };
+                            self.config = self.config.with_dataset(DatasetKind::Toy2d { toy });
                         }
                     });
                 }
+                ui.separator();
+                ui.horizontal(|ui| {
+                    digit_thumbnail_ui(ui);
+                    if ui
+                        .selectable_label(current == "mnist", "mnist")
+                        .on_hover_text("60,000 handwritten digits, 28x28 (a UNet learns them)")
+                        .clicked()
+                    {
+                        self.config = self.config.with_dataset(DatasetKind::Mnist { dir: None });
+                    }
+                });
             })
             .response
-            .on_hover_text("The 2D distribution to learn (needs a new run)");
+            .on_hover_text(
+                "The distribution to learn: a 2D set, or MNIST digits (needs a new run)",
+            );
         if let DatasetKind::Toy2d { toy } = &mut self.config.dataset
             && let Some(mut noise) = toy.noise()
             && ui
@@ -36,6 +50,15 @@ impl FlowLabApp {
                 .changed()
         {
             *toy = toy.with_noise(noise);
+        }
+
+        if self.config.dataset.is_image()
+            && ui
+                .button("Open the pretrained MNIST model")
+                .on_hover_text("A class-conditional UNet trained with the CLI (see the README); it samples at once")
+                .clicked()
+        {
+            self.open_pretrained(super::Pretrained::Mnist);
         }
 
         ui.separator();
@@ -65,12 +88,56 @@ impl FlowLabApp {
                 ));
             }
             ModelConfig::Unet(u) => {
-                ui.label(format!(
-                    "UNet: channels {:?}, {} block(s) per level{}",
-                    u.channels,
-                    u.blocks,
-                    if u.attention { ", attention" } else { "" }
-                ));
+                let sizes: [(&str, [usize; 3]); 3] = [
+                    ("small", [16, 32, 64]),
+                    ("default", [32, 64, 128]),
+                    ("large", [64, 128, 256]),
+                ];
+                let name = sizes
+                    .iter()
+                    .find(|(_, c)| u.channels == c.as_slice())
+                    .map_or("custom", |(n, _)| n);
+                egui::ComboBox::from_label("UNet size")
+                    .selected_text(format!("{name} {:?}", u.channels))
+                    .show_ui(ui, |ui| {
+                        for (n, c) in sizes {
+                            if ui
+                                .selectable_label(u.channels == c, format!("{n} {c:?}"))
+                                .clicked()
+                            {
+                                u.channels = c.to_vec();
+                            }
+                        }
+                    })
+                    .response
+                    .on_hover_text("Channels at 28x28, 14x14 and 7x7 (needs a new run)");
+                ui.add(egui::Slider::new(&mut u.blocks, 1..=3).text("blocks per level"))
+                    .on_hover_text("Residual blocks at each resolution, on each side");
+                ui.checkbox(&mut u.attention, "self-attention at 7x7")
+                    .on_hover_text("One attention layer at the lowest resolution");
+                let mut conditional = u.classes > 0;
+                if ui
+                    .checkbox(&mut conditional, "class-conditional (digits)")
+                    .on_hover_text(
+                        "Learn v(x, t | digit) with a null class, so samples can be asked for by digit with classifier-free guidance",
+                    )
+                    .changed()
+                {
+                    u.classes = if conditional {
+                        crate::train::config::MNIST_CLASSES
+                    } else {
+                        0
+                    };
+                }
+                if conditional {
+                    ui.add(
+                        egui::Slider::new(&mut self.config.label_dropout, 0.0..=0.5)
+                            .text("label dropout"),
+                    )
+                    .on_hover_text(
+                        "Share of training samples shown with the null class, which teaches the unconditional velocity that guidance needs",
+                    );
+                }
             }
         }
         ui.label(format!(
@@ -266,6 +333,17 @@ fn thumbnail_ui(ui: &mut egui::Ui, toy: &Toy2d) {
             painter.circle_filled(p, 0.8, egui::Color32::from_rgb(240, 110, 110));
         }
     }
+}
+
+/// A 36x36 digit "7" drawn with strokes (no data needs loading for the menu).
+fn digit_thumbnail_ui(ui: &mut egui::Ui) {
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(36.0, 36.0), egui::Sense::hover());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 3.0, egui::Color32::BLACK);
+    let p = |x: f32, y: f32| rect.min + egui::vec2(x, y);
+    let stroke = egui::Stroke::new(3.0, egui::Color32::WHITE);
+    painter.line_segment([p(9.0, 9.0), p(27.0, 9.0)], stroke);
+    painter.line_segment([p(27.0, 9.0), p(16.0, 29.0)], stroke);
 }
 
 /// The device list: CPU always; CUDA and Metal with why they are unavailable.

@@ -105,7 +105,13 @@ impl FlowLabApp {
                 ui.set_width(width * 0.38);
                 self.loss_ui(ui, height);
             });
-            ui.vertical(|ui| self.flow_ui(ui, height));
+            ui.vertical(|ui| {
+                if self.is_image_run() {
+                    self.grid_ui(ui, height);
+                } else {
+                    self.flow_ui(ui, height);
+                }
+            });
         });
     }
 
@@ -299,6 +305,11 @@ impl FlowLabApp {
                     );
                 }
             });
+        self.time_controls_ui(ui);
+    }
+
+    /// Play/stop, loop, speed and the time slider, shared by the flow and image views.
+    pub(super) fn time_controls_ui(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             let label = if self.playback.playing {
                 "Stop"
@@ -486,7 +497,7 @@ impl FlowLabApp {
 
 /// The index k of the first state at or after `t` and the weight of state k
 /// against state k − 1.
-fn bracket(times: &[f64], t: f64) -> Option<(usize, f64)> {
+pub(super) fn bracket(times: &[f64], t: f64) -> Option<(usize, f64)> {
     let last = times.len().checked_sub(1)?;
     let k = times.iter().position(|&u| u >= t).unwrap_or(last);
     let (t_hi, t_lo) = (*times.get(k)?, *times.get(k.saturating_sub(1))?);

@@ -295,3 +295,123 @@ fn pick_a_dataset_and_a_solver_through_the_widgets() {
     h.get_by_label("Pause").click();
     step_until(&mut h, "the pause", |a| !a.running);
 }
+
+#[test]
+fn mnist_grid_with_digit_picker_guidance_time_and_exports() {
+    use flowlab::app::{PNG_SCALE, grid_at, row_labels};
+    use flowlab::solver::{SolverConfig, SolverKind};
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.step == 4000 && a.snapshot.is_some()
+    });
+    // Quick previews for the test: 2 Euler steps.
+    h.state_mut().live.solver = SolverConfig::fixed(SolverKind::Euler, 2);
+    let live = h.state().live;
+    h.state_mut()
+        .send(flowlab::train::worker::Command::SetLive(live));
+    // Picking MNIST switches the settings to a digit-conditional UNet.
+    h.get_by_role_and_label(Role::ComboBox, "dataset").click();
+    h.run_steps(3);
+    h.get_by_label("mnist").click();
+    h.run_steps(3);
+    match &h.state().config.model {
+        flowlab::model::ModelConfig::Unet(u) => assert_eq!(u.classes, 10),
+        other => panic!("expected a UNet, got {other:?}"),
+    }
+    assert_eq!(h.state().config.batch_size, 128);
+    h.get_by_label("Open the pretrained MNIST model").click();
+    step_until(&mut h, "the MNIST grid", |a| {
+        a.is_image_run()
+            && a.snapshot
+                .as_ref()
+                .is_some_and(|s| s.sample_shape == [1, 28, 28] && s.complete)
+    });
+    let s = h.state().snapshot.clone().expect("snapshot");
+    assert_eq!((s.labels.len(), s.columns, s.nfe), (60, 6, 2));
+    assert_eq!(row_labels(&s), (0..10).collect::<Vec<u32>>());
+    assert_eq!(s.guidance, Some(2.0));
+    // The grid shows noise at t = 0 and the model's digits at t = 1: digits
+    // have a mostly black background, noise is mid-grey on average.
+    let mean = |t: f64| {
+        let g = grid_at(&s, t).expect("grid");
+        assert_eq!((g.width(), g.height()), (6 * 30 + 2, 10 * 30 + 2));
+        g.pixels().map(|p| f64::from(p.0[0])).sum::<f64>() / f64::from(g.width() * g.height())
+    };
+    let (m0, m1) = (mean(0.0), mean(1.0));
+    assert!(
+        m0 > 80.0 && m1 < m0 - 20.0,
+        "mean grey {m0} at t=0, {m1} at t=1"
+    );
+    // The digit picker and the guidance slider act on the loaded model.
+    h.get_by_role_and_label(Role::ComboBox, "class").click();
+    h.run_steps(3);
+    h.get_by_label("digit 3").click();
+    step_until(&mut h, "a grid of threes", |a| {
+        a.snapshot
+            .as_ref()
+            .is_some_and(|s| s.complete && s.labels.iter().all(|&l| l == 3))
+    });
+    h.get_by_role_and_label(Role::Slider, "guidance w")
+        .set_value_accesskit(0.0);
+    step_until(&mut h, "an unguided grid", |a| {
+        a.snapshot
+            .as_ref()
+            .is_some_and(|s| s.complete && s.guidance == Some(0.0))
+    });
+    assert!(!h.state().preview_pending);
+    // The time slider scrubs the grid; exports are the grid and its sweep.
+    h.get_by_role_and_label(Role::Slider, "t (noise -> data)")
+        .set_value_accesskit(0.5);
+    h.step();
+    let png = image::load_from_memory(&h.state().flow_png().expect("png"))
+        .expect("decode")
+        .to_luma8();
+    let half = grid_at(h.state().snapshot.as_ref().expect("snapshot"), 0.5).expect("grid");
+    assert_eq!(
+        (png.width(), png.height()),
+        (half.width() * PNG_SCALE, half.height() * PNG_SCALE)
+    );
+    assert_eq!(
+        png.get_pixel(9, 9),
+        half.get_pixel(2, 2),
+        "the grid at t = 0.5"
+    );
+    let gif = h.state().sweep_gif(6).expect("gif");
+    let frames =
+        image::codecs::gif::GifDecoder::new(std::io::Cursor::new(gif)).expect("gif decodes");
+    assert_eq!(
+        image::AnimationDecoder::into_frames(frames).count(),
+        16,
+        "6 frames of the sweep, then the digits held for 10"
+    );
+}
+
+#[test]
+fn grid_interpolates_between_solver_states() {
+    use flowlab::app::{grid_at, row_labels};
+    use flowlab::train::worker::SampleSnapshot;
+    let n = 4 * 3 * 2;
+    let s = SampleSnapshot {
+        step: 1,
+        sample_shape: vec![1, 3, 2],
+        times: vec![0.0, 0.5, 1.0],
+        states: vec![vec![0.0; n], vec![100.0; n], vec![200.0; n]],
+        nfe: 2,
+        labels: vec![7, 7, 1, 1],
+        guidance: Some(2.0),
+        columns: 2,
+        complete: true,
+    };
+    assert_eq!(row_labels(&s), vec![7, 1]);
+    let g = grid_at(&s, 0.75).expect("grid");
+    // 2 columns x 2 rows of 3x2 images with 2-pixel gaps.
+    assert_eq!((g.width(), g.height()), (2 * 4 + 2, 2 * 5 + 2));
+    assert_eq!(g.get_pixel(2, 2).0, [150], "halfway between 100 and 200");
+    assert_eq!(g.get_pixel(0, 0).0, [64], "the gap colour");
+    assert_eq!(grid_at(&s, 0.0).expect("grid").get_pixel(2, 2).0, [0]);
+    let flat = SampleSnapshot {
+        sample_shape: vec![2],
+        ..s
+    };
+    assert!(grid_at(&flat, 0.5).is_none(), "2D points are not a grid");
+}

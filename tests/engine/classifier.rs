@@ -126,3 +126,37 @@ fn judging_real_digits_gives_the_classifier_accuracy_and_a_zero_distance() {
     let q4 = judge(&model, &noise, None, &set.test, &set.train, &dev).expect("judge");
     assert!(q4.frechet > 5.0 * q4.frechet_floor, "{q4:?}");
 }
+
+#[test]
+fn shipped_mnist_unet_draws_the_requested_digits() {
+    let dev = Device::Cpu;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/mnist.safetensors");
+    let loaded = flowlab::checkpoint::LoadedModel::load(&path, &dev).expect("shipped weights load");
+    assert_eq!(loaded.model.classes(), 10);
+    // 100 digits, 10 of each, guidance 2, 10 midpoint steps (a small budget:
+    // the README's figure uses 1000 digits and 20 steps).
+    let labels: Vec<u32> = (0..100).map(|i| i % 10).collect();
+    let solver = flowlab::solver::SolverConfig::fixed(flowlab::solver::SolverKind::Midpoint, 10);
+    let s = flowlab::sample::sample_guided(
+        loaded.model.as_ref(),
+        &loaded.meta.sample_shape,
+        &labels,
+        2.0,
+        11,
+        &solver,
+        &dev,
+    )
+    .expect("sample");
+    let (classifier, _) = Classifier::embedded(&dev).expect("classifier");
+    let x = candle_core::Tensor::from_vec(s.data, (100, 1, 28, 28), &dev).expect("x");
+    let predicted = classifier.predict(&x).expect("predict");
+    let right = predicted
+        .iter()
+        .zip(&labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    assert!(
+        right >= 85,
+        "{right} of 100 recognised as the requested digit"
+    );
+}
