@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, LoadedModel};
 use crate::data::DatasetKind;
-use crate::flow::{Scheduler, TimeSampling};
+use crate::flow::{Coupling, Scheduler, Source, TimeSampling};
 use crate::metrics::{sliced_w2, w2_exact};
 use crate::model::{Activation, ModelConfig, VelocityField};
 use crate::rng::{Stream, stream_rng};
@@ -81,7 +81,7 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub config: Option<PathBuf>,
     /// Continue training from a checkpoint (its config is used; --steps may extend it).
-    #[arg(long, conflicts_with_all = ["dataset", "noise", "mnist_dir", "batch", "lr", "width", "depth", "activation", "scheduler", "time_sampling", "seed", "ema", "weight_decay", "grad_clip", "warmup"])]
+    #[arg(long, conflicts_with_all = ["dataset", "noise", "mnist_dir", "batch", "lr", "width", "depth", "activation", "scheduler", "time_sampling", "seed", "ema", "weight_decay", "grad_clip", "warmup", "source", "coupling", "coupling_per_class"])]
     pub resume: Option<PathBuf>,
     /// Total training steps.
     #[arg(long)]
@@ -114,6 +114,18 @@ pub struct TrainArgs {
     /// (classifier-free guidance; default 0.1).
     #[arg(long)]
     pub label_dropout: Option<f64>,
+    /// Source distribution at t = 0: gaussian, or a 2D set (moons, 8gaussians, ...) for 2D data.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Pairing of source and data points per batch: independent, exact-ot, sinkhorn.
+    #[arg(long)]
+    pub coupling: Option<String>,
+    /// Entropy of the Sinkhorn coupling, relative to the batch's mean squared distance.
+    #[arg(long, default_value_t = 0.05)]
+    pub sinkhorn_reg: f64,
+    /// Pair points only within a class (labelled data such as MNIST).
+    #[arg(long)]
+    pub coupling_per_class: bool,
     /// Scheduler: condot, polynomial, vp, linear-vp, cosine.
     #[arg(long)]
     pub scheduler: Option<String>,
@@ -318,6 +330,18 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             }
         }
     }
+    if let Some(name) = &a.source {
+        let mut names = vec!["gaussian"];
+        names.extend(crate::data::Toy2d::ALL.iter().map(|t| t.name()));
+        cfg.source = Source::from_name(name).ok_or_else(|| unknown("source", name, &names))?;
+    }
+    if let Some(name) = &a.coupling {
+        cfg.coupling = Coupling::from_name(name, a.sinkhorn_reg)
+            .ok_or_else(|| unknown("coupling", name, &Coupling::ALL.map(|c| c.name())))?;
+    }
+    if a.coupling_per_class {
+        cfg.coupling_per_class = true;
+    }
     if let Some(v) = a.steps {
         cfg.steps = v;
     }
@@ -450,6 +474,7 @@ pub fn heldout_w2(
 ) -> Result<(f64, f64)> {
     let mut s = sample(
         model,
+        &meta.config.source,
         &meta.sample_shape,
         n,
         seed,
@@ -687,6 +712,7 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     } else {
         sample(
             model.as_ref(),
+            &meta.config.source,
             &meta.sample_shape,
             a.n,
             a.seed,
@@ -797,6 +823,30 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
         w2_exact(&reference, &reference2, dim)?,
         sliced_w2(&reference, &reference2, dim, 256, a.seed)?
     );
+    if !image {
+        // How straight the learned flow is: states of 100 Euler steps (model space).
+        let s = sample(
+            loaded.model.as_ref(),
+            &meta.config.source,
+            &meta.sample_shape,
+            a.n.min(2000),
+            a.seed,
+            &SolverConfig::fixed(SolverKind::Euler, 100),
+            true,
+            &dev,
+        )?;
+        let (straight, cost) = crate::metrics::straightness(&s.times, &s.states, dim)?;
+        println!(
+            "source {}, coupling {}{}: straightness {straight:.4} (0 = straight lines; model space, Euler/100), mean squared displacement |x1 - x0|^2 {cost:.4}",
+            meta.config.source.name(),
+            meta.config.coupling.name(),
+            if meta.config.coupling_per_class {
+                " within classes"
+            } else {
+                ""
+            },
+        );
+    }
     println!(
         "{:<10} {:>6} {:>6} {:>10} {:>10} {:>8}",
         "solver", "steps", "NFE", "W2", "sliced-W2", "secs"
@@ -817,6 +867,7 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
         let started = Instant::now();
         let s = sample(
             loaded.model.as_ref(),
+            &meta.config.source,
             &meta.sample_shape,
             a.n,
             a.seed,
@@ -876,7 +927,16 @@ fn judge_images(a: &EvalArgs, loaded: &LoadedModel, dev: &Device) -> Result<()> 
         )?;
         (s.data, Some(labels))
     } else {
-        let s = sample(model, &meta.sample_shape, a.n, a.seed, &solver, false, dev)?;
+        let s = sample(
+            model,
+            &meta.config.source,
+            &meta.sample_shape,
+            a.n,
+            a.seed,
+            &solver,
+            false,
+            dev,
+        )?;
         (s.data, None)
     };
     let q = crate::classifier::judge(

@@ -130,3 +130,52 @@ pub fn frechet_distance(a: &[f32], b: &[f32], d: usize) -> Result<f64> {
     let diff = (mu_a - mu_b).norm_squared();
     Ok((diff + cov_a.trace() + cov_b.trace() - 2.0 * tr_sqrt).max(0.0))
 }
+
+/// How straight sampled trajectories are (Liu et al. 2022, rectified flow):
+/// `S = mean_i Σ_k Δt_k ‖(x_{k+1} − x_k)/Δt_k − (x_N − x_0)‖²` over the
+/// solver states `states[k]` (each flattened `(n, dim)`) at `times[k]` from
+/// t = 0 to 1. S = 0 for straight lines traversed at constant speed. Also
+/// returns the mean squared displacement `mean_i ‖x_N − x_0‖²` (the transport
+/// cost of the learned map).
+pub fn straightness(times: &[f64], states: &[Vec<f32>], dim: usize) -> Result<(f64, f64)> {
+    let (Some(first), Some(last)) = (states.first(), states.last()) else {
+        return Err(Error::config("straightness needs at least two states"));
+    };
+    if times.len() != states.len() || states.len() < 2 || dim == 0 {
+        return Err(Error::config(
+            "straightness needs one time per state and at least two states",
+        ));
+    }
+    let n = first.len() / dim;
+    if n == 0 || states.iter().any(|s| s.len() != first.len()) {
+        return Err(Error::config("straightness: states of unequal size"));
+    }
+    let (mut s, mut disp) = (0.0f64, 0.0f64);
+    for i in 0..n {
+        let r = i * dim..(i + 1) * dim;
+        let (a, b) = (first.get(r.clone()), last.get(r.clone()));
+        let (Some(a), Some(b)) = (a, b) else { continue };
+        let chord: Vec<f64> = a.iter().zip(b).map(|(p, q)| f64::from(q - p)).collect();
+        disp += chord.iter().map(|c| c * c).sum::<f64>();
+        for (k, w) in states.windows(2).enumerate() {
+            let dt = times
+                .get(k + 1)
+                .zip(times.get(k))
+                .map_or(0.0, |(t1, t0)| t1 - t0);
+            if dt <= 0.0 {
+                continue;
+            }
+            let (Some(p), Some(q)) = (w[0].get(r.clone()), w[1].get(r.clone())) else {
+                continue;
+            };
+            let dev: f64 = p
+                .iter()
+                .zip(q)
+                .zip(&chord)
+                .map(|((p, q), c)| (f64::from(q - p) / dt - c).powi(2))
+                .sum();
+            s += dt * dev;
+        }
+    }
+    Ok((s / n as f64, disp / n as f64))
+}

@@ -4,6 +4,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::Result;
+use crate::flow::Source;
 use crate::model::{FlowModel, Guided, VelocityField};
 use crate::rng::noise;
 use crate::solver::{Integration, SolverConfig, integrate};
@@ -36,10 +37,13 @@ pub struct Samples {
     pub states: Vec<Vec<f32>>,
 }
 
-/// Draws `n` samples: noise from draw 0 of `seed`'s noise stream, integrated
-/// with `solver` from t = 0 to t = 1; `keep_intermediates` keeps every step's state.
+/// Draws `n` samples: source points (`source`, e.g. the Gaussian) from draw 0
+/// of `seed`'s noise stream, integrated with `solver` from t = 0 to t = 1;
+/// `keep_intermediates` keeps every step's state.
+#[allow(clippy::too_many_arguments)]
 pub fn sample(
     model: &dyn VelocityField,
+    source: &Source,
     sample_shape: &[usize],
     n: usize,
     seed: u64,
@@ -47,7 +51,7 @@ pub fn sample(
     keep_intermediates: bool,
     device: &Device,
 ) -> Result<Samples> {
-    let x0 = noise(n, sample_shape, seed, 0, device)?;
+    let x0 = source.noise(n, sample_shape, seed, 0, device)?;
     sample_from(model, &x0, solver, keep_intermediates)
 }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DatasetKind, Toy2d};
-use crate::flow::{Scheduler, TimeSampling};
+use crate::flow::{Coupling, Scheduler, Source, TimeSampling};
 use crate::model::{ModelConfig, UnetConfig};
 use crate::solver::SolverConfig;
 use crate::{Error, Result};
@@ -122,6 +122,12 @@ pub struct TrainConfig {
     /// label is replaced by the null class, so that the same network also learns
     /// the unconditional velocity (classifier-free guidance).
     pub label_dropout: f64,
+    /// The source distribution p_0 (t = 0).
+    pub source: Source,
+    /// How source and data points are paired in each batch.
+    pub coupling: Coupling,
+    /// Pair points only within a class (labelled data).
+    pub coupling_per_class: bool,
 }
 
 impl Default for TrainConfig {
@@ -142,6 +148,9 @@ impl Default for TrainConfig {
             held_out_every: 100,
             solver: SolverConfig::default(),
             label_dropout: 0.1,
+            source: Source::Gaussian,
+            coupling: Coupling::Independent,
+            coupling_per_class: false,
         }
     }
 }
@@ -183,6 +192,7 @@ impl TrainConfig {
         self.scheduler.validate()?;
         self.optimizer.validate()?;
         self.solver.validate()?;
+        self.coupling.validate()?;
         if !(1..=1 << 20).contains(&self.batch_size) {
             return Err(Error::config(format!(
                 "batch size must be 1..=1048576, got {}",

@@ -19,7 +19,7 @@ use super::optim::AdamW;
 use crate::data::Dataset;
 use crate::flow::AffinePath;
 use crate::model::{FlowModel, ModelConfig};
-use crate::rng::{Stream, gaussian, stream_rng};
+use crate::rng::{Stream, stream_rng};
 use crate::{Error, Result};
 
 /// Progress after one training step.
@@ -222,6 +222,12 @@ impl Trainer {
         };
         let opt = AdamW::new(params.vars.clone(), cfg.optimizer)?;
         let classes = model.classes();
+        cfg.source.validate_for(&sample_shape)?;
+        if cfg.coupling_per_class && dataset.classes() == 0 {
+            return Err(Error::config(
+                "coupling within classes needs labelled data (e.g. MNIST)",
+            ));
+        }
         if classes > 0 && dataset.classes() != classes {
             return Err(Error::config(format!(
                 "the model is conditioned on {classes} classes but the data has {}",
@@ -231,12 +237,15 @@ impl Trainer {
         let held_out = if cfg.held_out_size > 0 {
             let n = cfg.held_out_size;
             let mut rng = stream_rng(cfg.seed, Stream::HeldOut, 0);
-            let (x_1, labels) = if classes > 0 {
+            let (x_1, labels) = if classes > 0 || cfg.coupling_per_class {
                 dataset.sample_held_out_labeled(n, &mut rng)
             } else {
                 (dataset.sample_held_out(n, &mut rng), Vec::new())
             };
-            let x_0 = gaussian(x_1.len(), &mut rng);
+            let mut x_0 = cfg.source.draw(n, x_1.len() / n.max(1), &mut rng);
+            let pair_labels = cfg.coupling_per_class.then_some(labels.as_slice());
+            cfg.coupling
+                .pair(&mut x_0, &x_1, x_1.len() / n.max(1), pair_labels, &mut rng)?;
             let t = (0..n)
                 .map(|_| {
                     cfg.time_sampling
@@ -390,12 +399,17 @@ impl Trainer {
         let b = self.cfg.batch_size;
         let classes = self.model.classes();
         let mut rng = stream_rng(self.cfg.seed, Stream::Batch, step);
-        let (x_1, labels) = if classes > 0 {
+        let (x_1, labels) = if classes > 0 || self.cfg.coupling_per_class {
             self.dataset.sample_train_labeled(b, &mut rng)
         } else {
             (self.dataset.sample_train(b, &mut rng), Vec::new())
         };
-        let x_0 = gaussian(x_1.len(), &mut rng);
+        let dim = x_1.len() / b.max(1);
+        let mut x_0 = self.cfg.source.draw(b, dim, &mut rng);
+        let pair_labels = self.cfg.coupling_per_class.then_some(labels.as_slice());
+        self.cfg
+            .coupling
+            .pair(&mut x_0, &x_1, dim, pair_labels, &mut rng)?;
         let t_max = self.cfg.scheduler.t_max_train();
         let t = (0..b)
             .map(|_| self.cfg.time_sampling.draw(t_max, &mut rng))

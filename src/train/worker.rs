@@ -23,7 +23,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use super::{StepReport, TrainConfig, Trainer};
 use crate::checkpoint::Checkpoint;
 use crate::model::Guided;
-use crate::rng::noise;
 use crate::solver::{Integration, SolverConfig, SolverKind, integrate};
 use crate::{Error, Result};
 
@@ -589,7 +588,10 @@ impl State {
         } else {
             live.preview_n.max(1)
         };
-        let x0 = noise(n, &shape, tr.config().seed, 1, tr.device())?;
+        let x0 = tr
+            .config()
+            .source
+            .noise(n, &shape, tr.config().seed, 1, tr.device())?;
         let how = Integration {
             stop: Some(&cancel),
             ..Integration::forward().with_intermediates()

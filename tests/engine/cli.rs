@@ -298,6 +298,7 @@ fn shipped_moons_weights_sample_at_the_noise_floor() {
     let solver = flowlab::solver::SolverConfig::fixed(flowlab::solver::SolverKind::Midpoint, 20);
     let s = flowlab::sample::sample(
         loaded.model.as_ref(),
+        &loaded.meta.config.source,
         &loaded.meta.sample_shape,
         1000,
         5,
@@ -488,4 +489,42 @@ fn class_conditional_unet_trains_and_samples_digits_by_class() {
         out.contains("Frechet distance (not Inception FID)"),
         "{out}"
     );
+}
+
+#[test]
+fn train_with_a_2d_source_and_ot_coupling_and_eval_reports_straightness() {
+    let dir = temp_dir("cli-ot");
+    let ck = dir.join("ot.safetensors");
+    let ck_s = ck.to_str().expect("utf8");
+    ok(&[
+        "train",
+        "--dataset",
+        "moons",
+        "--source",
+        "8gaussians",
+        "--coupling",
+        "exact-ot",
+        "--steps",
+        "30",
+        "--batch",
+        "64",
+        "--out",
+        ck_s,
+    ]);
+    let out = ok(&["eval", "--checkpoint", ck_s, "-n", "200", "--steps", "1,2"]);
+    assert!(
+        out.contains("source 8gaussians, coupling exact-ot: straightness"),
+        "{out}"
+    );
+    assert!(out.contains("euler"), "{out}");
+    let err = fails(&[
+        "train",
+        "--dataset",
+        "moons",
+        "--coupling",
+        "hungarian",
+        "--out",
+        ck_s,
+    ]);
+    assert!(err.contains("unknown coupling"), "{err}");
 }

@@ -6,6 +6,7 @@ mod checkpoint;
 mod classifier;
 mod cli;
 mod common;
+mod coupling;
 mod data;
 mod flow;
 mod metrics;

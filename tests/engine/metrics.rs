@@ -88,3 +88,22 @@ fn frechet_distance_matches_the_gaussian_formula() {
     assert!((fd_rot - fd).abs() < 1e-6 * fd.max(1.0), "{fd_rot} vs {fd}");
     assert!(frechet_distance(&a[..3], &b, 3).is_err());
 }
+
+#[test]
+fn straightness_is_zero_for_lines_and_matches_a_bent_path() {
+    use flowlab::metrics::straightness;
+    // Two 1D points moving at constant speed: S = 0; displacement 4 and 1 -> mean 2.5.
+    let times = vec![0.0, 0.25, 0.5, 1.0];
+    let line: Vec<Vec<f32>> = times
+        .iter()
+        .map(|&t| vec![2.0 * t as f32, -(t as f32)])
+        .collect();
+    let (s, d) = straightness(&times, &line, 1).expect("s");
+    assert!(s.abs() < 1e-12 && (d - 2.5).abs() < 1e-12, "{s} {d}");
+    // One 2D point going (0,0) -> (1,1) -> (2,0) over two halves: velocities
+    // (2,2) then (2,-2) against the chord (2,0): S = 0.5*4 + 0.5*4 = 4.
+    let bent = vec![vec![0.0f32, 0.0], vec![1.0, 1.0], vec![2.0, 0.0]];
+    let (s, d) = straightness(&[0.0, 0.5, 1.0], &bent, 2).expect("s");
+    assert!((s - 4.0).abs() < 1e-9 && (d - 4.0).abs() < 1e-9, "{s} {d}");
+    assert!(straightness(&[0.0], &bent[..1], 2).is_err());
+}
