@@ -3,13 +3,14 @@
 //! The engine behind the desktop app and the `flowlab` command line:
 //!
 //! * [`data`]: seeded 2D toy sets and MNIST-layout image sets;
-//! * [`flow`]: schedulers, affine probability paths, training-time sampling;
+//! * [`flow`]: schedulers, affine probability paths, sources, couplings, training-time sampling;
 //! * [`model`]: velocity fields (MLP, UNet) behind the [`model::VelocityField`] trait,
 //!   and fast CPU kernels ([`model::ops`]);
 //! * [`solver`]: fixed-step and adaptive ODE solvers with NFE counts;
 //! * [`train`]: configuration, AdamW, and the training loop;
 //! * [`checkpoint`]: single-file safetensors checkpoints;
-//! * [`metrics`]: exact and sliced 2-Wasserstein distances;
+//! * [`metrics`]: exact and sliced 2-Wasserstein distances, straightness;
+//! * [`quality`]: sample quality against NFE for every solver;
 //! * [`classifier`]: a small MNIST classifier that judges generated digits;
 //! * [`bench`]: the speed measurements behind `flowlab bench`.
 //!
@@ -29,6 +30,7 @@ pub mod fsutil;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod quality;
 pub mod rng;
 pub mod sample;
 pub mod solver;

@@ -6,10 +6,12 @@
 
 mod files;
 mod grid;
+mod quality;
 mod settings;
 mod views;
 
 pub use grid::{PNG_SCALE, grid_at, row_labels};
+pub use quality::{LeftView, QualityEntry};
 pub use views::{Layers, LossView, Playback, density, smooth};
 
 use std::sync::Arc;
@@ -133,6 +135,12 @@ pub struct FlowLabApp {
     pub preview_pending: bool,
     /// The image grid at t, keyed by (preview, t).
     grid_texture: Option<((u64, u64), egui::TextureHandle)>,
+    /// What the left column shows.
+    pub left_view: LeftView,
+    /// Quality-against-NFE measurements, oldest first.
+    pub quality: Vec<QualityEntry>,
+    /// Whether a quality measurement is running.
+    pub quality_pending: bool,
     /// The time shown in the flow view, 0 = noise, 1 = data.
     pub t: f64,
     /// Whether the worker is training.
@@ -210,6 +218,9 @@ impl FlowLabApp {
             snapshot_gen: 0,
             preview_pending: true,
             grid_texture: None,
+            left_view: LeftView::Loss,
+            quality: Vec::new(),
+            quality_pending: false,
             t: 1.0,
             running: false,
             step: 0,
@@ -394,12 +405,14 @@ impl FlowLabApp {
                 self.running = false;
                 self.info(format!("finished {step} steps"));
             }
+            Event::Quality { step, report } => self.add_quality(step, *report),
             Event::Saved(p) => self.info(format!("saved {}", p.display())),
             Event::Loaded(p) => self.info(format!("opened {}", p.display())),
             Event::Error(msg) => {
                 self.running = false;
                 self.field_pending = false;
                 self.preview_pending = false;
+                self.quality_pending = false;
                 self.error(msg);
             }
         }

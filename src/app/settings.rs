@@ -2,7 +2,7 @@
 
 use super::FlowLabApp;
 use crate::data::{DatasetKind, Toy2d};
-use crate::flow::{Scheduler, TimeSampling};
+use crate::flow::{Coupling, Scheduler, Source, TimeSampling};
 use crate::model::{Activation, ModelConfig};
 use crate::solver::SolverKind;
 use crate::train::worker::Command;
@@ -169,6 +169,56 @@ impl FlowLabApp {
             .on_hover_text(
                 "How training times are drawn: uniform, or logit-normal (more weight mid-path)",
             );
+        if !self.config.dataset.is_image() {
+            egui::ComboBox::from_label("source")
+                .selected_text(self.config.source.name())
+                .height(400.0)
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.config.source, Source::Gaussian, "gaussian");
+                    for toy in Toy2d::ALL {
+                        ui.selectable_value(
+                            &mut self.config.source,
+                            Source::Toy2d { toy },
+                            toy.name(),
+                        );
+                    }
+                })
+                .response
+                .on_hover_text(
+                    "The distribution at t = 0: the Gaussian, or a 2D set (e.g. 8gaussians -> moons)",
+                );
+        }
+        egui::ComboBox::from_label("coupling")
+            .selected_text(self.config.coupling.name())
+            .show_ui(ui, |ui| {
+                for c in Coupling::ALL {
+                    if ui
+                        .selectable_label(self.config.coupling.name() == c.name(), c.name())
+                        .clicked()
+                    {
+                        self.config.coupling = c;
+                    }
+                }
+            })
+            .response
+            .on_hover_text(
+                "How noise and data points are paired in a batch: independently, by exact optimal transport (straighter paths, fewer solver steps), or by entropic OT (Sinkhorn)",
+            );
+        if let Coupling::Sinkhorn { reg } = &mut self.config.coupling {
+            ui.add(
+                egui::Slider::new(reg, 0.005..=2.0)
+                    .logarithmic(true)
+                    .text("entropy"),
+            )
+            .on_hover_text("Sinkhorn's entropy relative to the mean squared distance: small is close to exact OT, large to independent pairs");
+        }
+        if self.config.dataset.is_image() && self.config.coupling != Coupling::Independent {
+            ui.checkbox(
+                &mut self.config.coupling_per_class,
+                "pair within each class",
+            )
+            .on_hover_text("Only pair noise with digits of the same class");
+        }
 
         ui.separator();
         ui.heading("Optimizer");

@@ -103,7 +103,19 @@ impl FlowLabApp {
         ui.horizontal(|ui| {
             ui.vertical(|ui| {
                 ui.set_width(width * 0.38);
-                self.loss_ui(ui, height);
+                ui.horizontal(|ui| {
+                    ui.selectable_value(&mut self.left_view, super::LeftView::Loss, "Loss curve");
+                    ui.selectable_value(
+                        &mut self.left_view,
+                        super::LeftView::Quality,
+                        "Quality vs NFE",
+                    )
+                    .on_hover_text("Sample quality against solver evaluations, for every solver");
+                });
+                match self.left_view {
+                    super::LeftView::Loss => self.loss_ui(ui, height - 24.0),
+                    super::LeftView::Quality => self.quality_ui(ui, height - 24.0),
+                }
             });
             ui.vertical(|ui| {
                 if self.is_image_run() {

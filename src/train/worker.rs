@@ -23,6 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use super::{StepReport, TrainConfig, Trainer};
 use crate::checkpoint::Checkpoint;
 use crate::model::Guided;
+use crate::quality::{QualityReport, quality_vs_nfe};
 use crate::solver::{Integration, SolverConfig, SolverKind, integrate};
 use crate::{Error, Result};
 
@@ -126,9 +127,15 @@ pub enum Command {
         /// Data-space bounds `[x_min, x_max, y_min, y_max]`.
         bounds: [f64; 4],
     },
+    /// Measure sample quality against NFE for every solver (2D data),
+    /// answered by [`Event::Quality`].
+    Quality,
     /// End the thread.
     Shutdown,
 }
+
+/// Points per quality measurement (W2 is exact, O(n^3)).
+pub const QUALITY_N: usize = 600;
 
 /// The velocity field on a grid, in data space.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +200,13 @@ pub enum Event {
     Finished {
         /// Steps done.
         step: u64,
+    },
+    /// Quality against NFE of the sampling weights at `step`.
+    Quality {
+        /// Training step of the weights measured.
+        step: u64,
+        /// The measurements.
+        report: Box<QualityReport>,
     },
     /// A checkpoint was written.
     Saved(PathBuf),
@@ -489,6 +503,23 @@ impl State {
             Command::Field { t, n, bounds } => {
                 let f = self.field(t, n, bounds)?;
                 self.outbox.push_back(Event::Field(Box::new(f)));
+            }
+            Command::Quality => {
+                let stop = self.stop.clone();
+                let tr = self.trainer()?;
+                let report = quality_vs_nfe(
+                    tr.sampling_model(),
+                    &tr.config().source,
+                    tr.dataset().as_ref(),
+                    QUALITY_N,
+                    tr.config().seed,
+                    Some(&stop),
+                )?;
+                let step = tr.step_count();
+                self.outbox.push_back(Event::Quality {
+                    step,
+                    report: Box::new(report),
+                });
             }
             Command::Shutdown => {}
         }

@@ -415,3 +415,54 @@ fn grid_interpolates_between_solver_states() {
     };
     assert!(grid_at(&flat, 0.5).is_none(), "2D points are not a grid");
 }
+
+#[test]
+fn quality_vs_nfe_view_measures_every_solver_and_keeps_runs_for_comparison() {
+    use flowlab::flow::{Coupling, Source};
+    use flowlab::solver::SolverKind;
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.step == 4000 && a.snapshot.is_some()
+    });
+    h.get_by_label("Quality vs NFE").click();
+    h.run_steps(2);
+    h.get_by_label("Measure").click();
+    step_until(&mut h, "the measurement", |a| a.quality.len() == 1);
+    let e = h.state().quality[0].clone();
+    assert_eq!(e.label, "gaussian -> moons, independent");
+    for kind in SolverKind::ALL {
+        assert!(!e.curve(kind).is_empty(), "{kind:?} measured");
+    }
+    // The trained flow: many Euler steps beat one, and 16 land near the floor.
+    let (one, many) = (e.euler_w2(1).expect("1"), e.euler_w2(16).expect("16"));
+    assert!(many < 0.5 * one, "W2 {one} at 1 step, {many} at 16");
+    assert!(
+        many < 2.0 * e.report.floor,
+        "{many} vs floor {}",
+        e.report.floor
+    );
+    // Pick exact OT and a 2D source through the widgets; a new run is measured beside it.
+    h.get_by_role_and_label(Role::ComboBox, "coupling").click();
+    h.run_steps(3);
+    h.get_by_label("exact-ot").click();
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::ComboBox, "source").click();
+    h.run_steps(3);
+    h.get_by_label("8gaussians").click();
+    h.run_steps(2);
+    assert_eq!(h.state().config.coupling, Coupling::ExactOt);
+    assert_eq!(h.state().config.source.name(), "8gaussians");
+    assert!(matches!(h.state().config.source, Source::Toy2d { .. }));
+    h.state_mut().config.steps = 20;
+    h.state_mut().train_new();
+    step_until(&mut h, "the short OT run", |a| {
+        a.run_config
+            .as_ref()
+            .is_some_and(|c| c.coupling == Coupling::ExactOt)
+            && a.status.starts_with("finished")
+    });
+    h.get_by_label("Measure").click();
+    step_until(&mut h, "the second measurement", |a| a.quality.len() == 2);
+    assert_eq!(h.state().quality[1].label, "8gaussians -> moons, exact-ot");
+    assert_eq!(h.state().quality[1].step, 20);
+}
