@@ -49,9 +49,35 @@ pub enum Command {
     Bench(BenchArgs),
     /// Train the small MNIST classifier that judges generated digits.
     TrainClassifier(ClassifierArgs),
+    /// Exact log-likelihood of held-out data under a checkpoint's flow: NLL in
+    /// nats (2D, data space) or bits per dimension (images).
+    Likelihood(LikelihoodArgs),
     /// Write a weights-only copy of a checkpoint (sampling weights, config and
     /// loss history; no optimiser state): about a quarter of the size.
     ExportWeights(ExportArgs),
+}
+
+/// Options of `flowlab likelihood`.
+#[derive(Debug, Args)]
+pub struct LikelihoodArgs {
+    /// The checkpoint.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Held-out points (or test images) to score.
+    #[arg(short = 'n', long = "num", default_value_t = 1000)]
+    pub n: usize,
+    /// RK4 steps from t = 1 back to t = 0.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Hutchinson probes per sample (0: the exact divergence; images default to 1).
+    #[arg(long)]
+    pub probes: Option<usize>,
+    /// Seed of the held-out draw, dequantisation noise and probes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Points per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
 }
 
 /// Options of `flowlab export-weights`.
@@ -81,7 +107,7 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub config: Option<PathBuf>,
     /// Continue training from a checkpoint (its config is used; --steps may extend it).
-    #[arg(long, conflicts_with_all = ["dataset", "noise", "mnist_dir", "batch", "lr", "width", "depth", "activation", "scheduler", "time_sampling", "seed", "ema", "weight_decay", "grad_clip", "warmup", "source", "coupling", "coupling_per_class"])]
+    #[arg(long, conflicts_with_all = ["dataset", "noise", "mnist_dir", "batch", "lr", "width", "depth", "activation", "scheduler", "time_sampling", "seed", "ema", "weight_decay", "grad_clip", "warmup", "source", "coupling", "coupling_per_class", "dequantize"])]
     pub resume: Option<PathBuf>,
     /// Total training steps.
     #[arg(long)]
@@ -126,6 +152,9 @@ pub struct TrainArgs {
     /// Pair points only within a class (labelled data such as MNIST).
     #[arg(long)]
     pub coupling_per_class: bool,
+    /// Images: train on uniformly dequantised pixels (for meaningful bits/dim).
+    #[arg(long)]
+    pub dequantize: bool,
     /// Scheduler: condot, polynomial, vp, linear-vp, cosine.
     #[arg(long)]
     pub scheduler: Option<String>,
@@ -341,6 +370,9 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if a.coupling_per_class {
         cfg.coupling_per_class = true;
+    }
+    if a.dequantize {
+        cfg.dequantize = true;
     }
     if let Some(v) = a.steps {
         cfg.steps = v;
@@ -1034,7 +1066,100 @@ pub fn run(cmd: &Command) -> Result<()> {
         Command::Bench(a) => run_bench(a),
         Command::TrainClassifier(a) => run_train_classifier(a),
         Command::ExportWeights(a) => run_export_weights(a),
+        Command::Likelihood(a) => run_likelihood(a),
     }
+}
+
+fn run_likelihood(a: &LikelihoodArgs) -> Result<()> {
+    use crate::solver::likelihood::{Divergence, LikelihoodConfig, log_likelihood};
+    use rand::RngExt as _;
+    if a.n == 0 || a.steps == 0 || a.batch == 0 {
+        return Err(Error::config("-n, --steps and --batch must be at least 1"));
+    }
+    let dev = Device::Cpu;
+    let loaded = LoadedModel::load(&a.checkpoint, &dev)?;
+    let meta = &loaded.meta;
+    if meta.config.source != Source::Gaussian {
+        return Err(Error::config(format!(
+            "the likelihood needs the source's density; {} is sampled, not a closed-form density (train with the gaussian source)",
+            meta.config.source.name()
+        )));
+    }
+    let image = meta.config.dataset.is_image();
+    let dim: usize = meta.sample_shape.iter().product();
+    let data = meta.config.dataset.build()?;
+    let mut rng = stream_rng(a.seed, Stream::Eval, 0);
+    let mut x = data.sample_held_out(a.n, &mut rng);
+    let n = x.len() / dim.max(1);
+    if image {
+        // Uniform dequantisation: pixel p becomes p + u, u ~ U[0, 1), in model units.
+        for v in &mut x {
+            *v += rng.random::<f32>() / 127.5;
+        }
+    }
+    let probes = a.probes.unwrap_or(if image { 1 } else { 0 });
+    let divergence = if probes == 0 {
+        Divergence::Exact
+    } else {
+        Divergence::Hutchinson { probes }
+    };
+    let cfg = LikelihoodConfig {
+        steps: a.steps,
+        divergence,
+        seed: a.seed,
+    };
+    let started = Instant::now();
+    let mut log_p = Vec::with_capacity(n);
+    for (i, chunk) in x.chunks(a.batch * dim).enumerate() {
+        let m = chunk.len() / dim;
+        let mut shape = vec![m];
+        shape.extend_from_slice(&meta.sample_shape);
+        let t = candle_core::Tensor::from_vec(chunk.to_vec(), shape, &dev)?;
+        let l = log_likelihood(
+            loaded.model.as_ref(),
+            &t,
+            &LikelihoodConfig {
+                seed: cfg.seed.wrapping_add(i as u64),
+                ..cfg
+            },
+        )?;
+        log_p.extend(l.log_p);
+    }
+    let mean = log_p.iter().sum::<f64>() / n.max(1) as f64;
+    let sd = (log_p.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
+    let se = sd / (n.max(1) as f64).sqrt();
+    let how = match divergence {
+        Divergence::Exact => "exact divergence".to_string(),
+        Divergence::Hutchinson { probes } => format!("Hutchinson, {probes} probe(s)"),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    if image {
+        // log p over pixels in [0, 256)^d: x = pixels / 127.5 - 1.
+        let shift = dim as f64 * 127.5f64.ln();
+        let bpd = -(mean - shift) / (dim as f64 * std::f64::consts::LN_2);
+        let bpd_se = se / (dim as f64 * std::f64::consts::LN_2);
+        println!(
+            "{} test images, RK4 {} steps backwards ({how}), uniform dequantisation: {bpd:.3} ± {bpd_se:.3} bits/dim ({secs:.1} s)",
+            n, a.steps
+        );
+        if !meta.config.dequantize {
+            println!(
+                "note: this model was trained on exact grey levels (not --dequantize), so its density piles up on them and bits/dim can come out too low, even negative"
+            );
+        }
+    } else {
+        let scale = meta.standardizer.map_or(1.0, |s| f64::from(s.scale));
+        let shift = dim as f64 * scale.ln();
+        println!(
+            "{} held-out points, RK4 {} steps backwards ({how}): NLL {:.4} ± {:.4} nats (data space; {:.4} in model space) ({secs:.1} s)",
+            n,
+            a.steps,
+            -(mean - shift),
+            se,
+            -mean
+        );
+    }
+    Ok(())
 }
 
 fn run_export_weights(a: &ExportArgs) -> Result<()> {

@@ -6,6 +6,7 @@
 //! step to meet `rtol`/`atol`. Every method counts its function evaluations (NFE).
 
 mod dopri5;
+pub mod likelihood;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -128,6 +128,9 @@ pub struct TrainConfig {
     pub coupling: Coupling,
     /// Pair points only within a class (labelled data).
     pub coupling_per_class: bool,
+    /// Images: add uniform noise of one grey level to every pixel, so the
+    /// model learns a density whose bits/dim are meaningful.
+    pub dequantize: bool,
 }
 
 impl Default for TrainConfig {
@@ -151,6 +154,7 @@ impl Default for TrainConfig {
             source: Source::Gaussian,
             coupling: Coupling::Independent,
             coupling_per_class: false,
+            dequantize: false,
         }
     }
 }

@@ -223,6 +223,9 @@ impl Trainer {
         let opt = AdamW::new(params.vars.clone(), cfg.optimizer)?;
         let classes = model.classes();
         cfg.source.validate_for(&sample_shape)?;
+        if cfg.dequantize && !cfg.dataset.is_image() {
+            return Err(Error::config("dequantisation is for image (pixel) data"));
+        }
         if cfg.coupling_per_class && dataset.classes() == 0 {
             return Err(Error::config(
                 "coupling within classes needs labelled data (e.g. MNIST)",
@@ -237,11 +240,14 @@ impl Trainer {
         let held_out = if cfg.held_out_size > 0 {
             let n = cfg.held_out_size;
             let mut rng = stream_rng(cfg.seed, Stream::HeldOut, 0);
-            let (x_1, labels) = if classes > 0 || cfg.coupling_per_class {
+            let (mut x_1, labels) = if classes > 0 || cfg.coupling_per_class {
                 dataset.sample_held_out_labeled(n, &mut rng)
             } else {
                 (dataset.sample_held_out(n, &mut rng), Vec::new())
             };
+            if cfg.dequantize {
+                dequantize(&mut x_1, &mut rng);
+            }
             let mut x_0 = cfg.source.draw(n, x_1.len() / n.max(1), &mut rng);
             let pair_labels = cfg.coupling_per_class.then_some(labels.as_slice());
             cfg.coupling
@@ -399,11 +405,14 @@ impl Trainer {
         let b = self.cfg.batch_size;
         let classes = self.model.classes();
         let mut rng = stream_rng(self.cfg.seed, Stream::Batch, step);
-        let (x_1, labels) = if classes > 0 || self.cfg.coupling_per_class {
+        let (mut x_1, labels) = if classes > 0 || self.cfg.coupling_per_class {
             self.dataset.sample_train_labeled(b, &mut rng)
         } else {
             (self.dataset.sample_train(b, &mut rng), Vec::new())
         };
+        if self.cfg.dequantize {
+            dequantize(&mut x_1, &mut rng);
+        }
         let dim = x_1.len() / b.max(1);
         let mut x_0 = self.cfg.source.draw(b, dim, &mut rng);
         let pair_labels = self.cfg.coupling_per_class.then_some(labels.as_slice());
@@ -582,6 +591,14 @@ impl Trainer {
 }
 
 /// `[n, sample_shape...]`.
+/// Uniform dequantisation of pixels in model units (`pixel / 127.5 − 1`): adds
+/// U[0, 1) grey levels, so the data has a density over [0, 256)^d.
+pub fn dequantize(x: &mut [f32], rng: &mut rand::rngs::StdRng) {
+    for v in x {
+        *v += rng.random::<f32>() / 127.5;
+    }
+}
+
 pub(crate) fn batch_shape(n: usize, sample_shape: &[usize]) -> Vec<usize> {
     let mut s = vec![n];
     s.extend_from_slice(sample_shape);

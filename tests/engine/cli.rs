@@ -528,3 +528,82 @@ fn train_with_a_2d_source_and_ot_coupling_and_eval_reports_straightness() {
     ]);
     assert!(err.contains("unknown coupling"), "{err}");
 }
+
+#[test]
+fn likelihood_reports_nll_for_2d_and_bits_per_dim_for_images() {
+    let moons = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/moons.safetensors");
+    let out = ok(&[
+        "likelihood",
+        "--checkpoint",
+        moons.to_str().expect("utf8"),
+        "-n",
+        "300",
+    ]);
+    // The shipped moons flow: NLL in data space, finite and plausible
+    // (moons with noise 0.05 has a differential entropy well under 1 nat).
+    let nll: f64 = out
+        .split("NLL ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no NLL in {out}"));
+    assert!((-1.0..1.0).contains(&nll), "{out}");
+    let dir = temp_dir("cli-nll");
+    let config = dir.join("unet.json");
+    std::fs::write(
+        &config,
+        r#"{"dataset": {"kind": "mnist"}, "model": {"kind": "unet", "channels": [8, 16],
+            "groups": 4, "embed_dim": 16, "attention": false}, "held_out_size": 16}"#,
+    )
+    .expect("config");
+    let ck = dir.join("d.safetensors");
+    ok(&[
+        "train",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--dequantize",
+        "--steps",
+        "2",
+        "--batch",
+        "8",
+        "--out",
+        ck.to_str().expect("utf8"),
+    ]);
+    let out = ok(&[
+        "likelihood",
+        "--checkpoint",
+        ck.to_str().expect("utf8"),
+        "-n",
+        "4",
+        "--steps",
+        "2",
+    ]);
+    assert!(
+        out.contains("bits/dim") && out.contains("Hutchinson, 1 probe"),
+        "{out}"
+    );
+    assert!(!out.contains("note:"), "{out}");
+    // A sampled (not closed-form) source has no density to start from.
+    let ot = dir.join("src.safetensors");
+    ok(&[
+        "train",
+        "--dataset",
+        "moons",
+        "--source",
+        "8gaussians",
+        "--steps",
+        "2",
+        "--batch",
+        "16",
+        "--out",
+        ot.to_str().expect("utf8"),
+    ]);
+    let err = fails(&[
+        "likelihood",
+        "--checkpoint",
+        ot.to_str().expect("utf8"),
+        "-n",
+        "4",
+    ]);
+    assert!(err.contains("gaussian source"), "{err}");
+}

@@ -9,6 +9,7 @@ mod common;
 mod coupling;
 mod data;
 mod flow;
+mod likelihood;
 mod metrics;
 mod ops;
 mod solver;
