@@ -236,6 +236,10 @@ pub struct SampleArgs {
     /// 0 is unconditional, 1 plainly conditional.
     #[arg(long, default_value_t = 2.0)]
     pub guidance: f64,
+    /// Sample as if the model had been trained with this scheduler (condot,
+    /// polynomial, vp, linear-vp, cosine): same marginals' family, other paths.
+    #[arg(long)]
+    pub scheduler: Option<String>,
     /// Device: cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -725,6 +729,11 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     // Conditional models: the requested class, or every class in turn
     // (`per_class` samples each, one grid row per class).
     let per_class = a.n.div_ceil(classes.max(1));
+    if classes > 0 && a.scheduler.is_some() {
+        return Err(Error::config(
+            "--scheduler applies to unconditional models (class-conditional sampling keeps the trained scheduler)",
+        ));
+    }
     let s = if classes > 0 {
         if a.trajectory.is_some() {
             return Err(Error::config("--trajectory is for unconditional 2D models"));
@@ -742,8 +751,20 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
             &dev,
         )?
     } else {
+        let target = match &a.scheduler {
+            None => meta.config.scheduler,
+            Some(name) => Scheduler::from_name(name)
+                .ok_or_else(|| unknown("scheduler", name, &Scheduler::ALL.map(|s| s.name())))?,
+        };
+        let changed =
+            crate::flow::SchedulerChange::new(model.as_ref(), meta.config.scheduler, target);
+        let field: &dyn VelocityField = if target == meta.config.scheduler {
+            model.as_ref()
+        } else {
+            &changed
+        };
         sample(
-            model.as_ref(),
+            field,
             &meta.config.source,
             &meta.sample_shape,
             a.n,

@@ -4,12 +4,14 @@
 //! by default, see [`Source`]) and t = 1 is the data (x_1)**. Sampling integrates the learned velocity from
 //! t = 0 to t = 1.
 
+pub mod change;
 pub mod coupling;
 pub mod path;
 pub mod scheduler;
 pub mod source;
 pub mod time;
 
+pub use change::SchedulerChange;
 pub use coupling::Coupling;
 pub use path::{AffinePath, PathSample};
 pub use scheduler::{Scheduler, SchedulerOutput};

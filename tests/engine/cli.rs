@@ -317,6 +317,30 @@ fn shipped_moons_weights_sample_at_the_noise_floor() {
         w2_exact(&fresh, &fresh2, 2).expect("w2"),
     );
     assert!(w2 < 2.0 * floor, "W2 {w2:.4} vs floor {floor:.4}");
+    // The same model sampled as if trained with the cosine scheduler reaches the data too.
+    let changed = flowlab::flow::SchedulerChange::new(
+        loaded.model.as_ref(),
+        loaded.meta.config.scheduler,
+        flowlab::flow::Scheduler::Cosine,
+    );
+    let s = flowlab::sample::sample(
+        &changed,
+        &loaded.meta.config.source,
+        &loaded.meta.sample_shape,
+        1000,
+        5,
+        &flowlab::solver::SolverConfig::fixed(flowlab::solver::SolverKind::Midpoint, 50),
+        false,
+        &candle_core::Device::Cpu,
+    )
+    .expect("sample");
+    let mut pts = s.data;
+    loaded.meta.to_data_space(&mut pts);
+    let w2c = w2_exact(&pts, &fresh, 2).expect("w2");
+    assert!(
+        w2c < 2.0 * floor,
+        "cosine-retimed W2 {w2c:.4} vs floor {floor:.4}"
+    );
 }
 
 /// Ctrl-C (SIGINT) stops training between two steps and saves a resumable checkpoint.

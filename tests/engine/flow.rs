@@ -166,3 +166,64 @@ fn time_sampling_stays_in_range_and_logit_normal_concentrates_mid_path() {
     let capped = TimeSampling::Uniform.draw(0.5, &mut rng);
     assert!(capped <= 0.5);
 }
+
+/// A field trained for CondOT, sampled as if trained for another scheduler:
+/// the marginals follow the new scheduler, checked against the closed form
+/// for a Gaussian target N(mu, s^2 I): x_r ~ N(alpha_r mu, (sigma_r^2 + alpha_r^2 s^2) I).
+#[test]
+fn scheduler_change_gives_the_new_schedulers_marginals() {
+    use candle_core::{Device, Tensor};
+    use flowlab::flow::{Scheduler, SchedulerChange};
+    use flowlab::solver::{Integration, SolverConfig, SolverKind, integrate};
+    let (mu, s) = ([1.5f32, -0.5f32], 0.4f32);
+    // The exact CondOT marginal velocity towards N(mu, s^2 I).
+    let condot = move |x: &Tensor, t: &Tensor| -> flowlab::Result<Tensor> {
+        let n = x.dim(0)?;
+        let tc = t.reshape((n, 1))?;
+        let mu_t = Tensor::from_vec(mu.to_vec(), (1, 2), x.device())?;
+        let var = (tc.affine(-1.0, 1.0)?.sqr()? + (tc.sqr()? * f64::from(s * s))?)?;
+        let rate = ((&tc * f64::from(s * s))? - tc.affine(-1.0, 1.0)?)?.div(&var)?;
+        let centred = x.broadcast_sub(&tc.broadcast_mul(&mu_t)?)?;
+        Ok(centred.broadcast_mul(&rate)?.broadcast_add(&mu_t)?)
+    };
+    let n = 20_000;
+    let x0 = flowlab::rng::noise(n, &[2], 4, 0, &Device::Cpu).expect("noise");
+    for target in [
+        Scheduler::Cosine,
+        Scheduler::LinearVp,
+        Scheduler::Polynomial { n: 2.0 },
+    ] {
+        let changed = SchedulerChange::new(&condot, Scheduler::CondOt, target);
+        for r_end in [0.5, 1.0] {
+            let how = Integration {
+                t0: 0.0,
+                t1: r_end,
+                ..Integration::forward()
+            };
+            let sol = integrate(
+                &changed,
+                &x0,
+                &SolverConfig::fixed(SolverKind::Rk4, 100),
+                &how,
+            )
+            .expect("integrate");
+            let v: Vec<f32> = sol.x.flatten_all().unwrap().to_vec1().unwrap();
+            let o = target.eval(r_end);
+            let want_var = o.sigma * o.sigma + o.alpha * o.alpha * f64::from(s * s);
+            for d in 0..2 {
+                let xs: Vec<f64> = v.iter().skip(d).step_by(2).map(|&a| f64::from(a)).collect();
+                let mean = xs.iter().sum::<f64>() / n as f64;
+                let var = xs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n as f64;
+                let want_mean = o.alpha * f64::from(mu[d]);
+                assert!(
+                    (mean - want_mean).abs() < 0.03,
+                    "{target:?} r={r_end} dim {d}: mean {mean:.4} vs {want_mean:.4}"
+                );
+                assert!(
+                    (var / want_var - 1.0).abs() < 0.05,
+                    "{target:?} r={r_end} dim {d}: var {var:.4} vs {want_var:.4}"
+                );
+            }
+        }
+    }
+}
