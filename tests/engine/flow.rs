@@ -210,11 +210,11 @@ fn scheduler_change_gives_the_new_schedulers_marginals() {
             let v: Vec<f32> = sol.x.flatten_all().unwrap().to_vec1().unwrap();
             let o = target.eval(r_end);
             let want_var = o.sigma * o.sigma + o.alpha * o.alpha * f64::from(s * s);
-            for d in 0..2 {
+            for (d, &mu_d) in mu.iter().enumerate() {
                 let xs: Vec<f64> = v.iter().skip(d).step_by(2).map(|&a| f64::from(a)).collect();
                 let mean = xs.iter().sum::<f64>() / n as f64;
                 let var = xs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n as f64;
-                let want_mean = o.alpha * f64::from(mu[d]);
+                let want_mean = o.alpha * f64::from(mu_d);
                 assert!(
                     (mean - want_mean).abs() < 0.03,
                     "{target:?} r={r_end} dim {d}: mean {mean:.4} vs {want_mean:.4}"
