@@ -20,7 +20,9 @@ use std::time::Duration;
 use candle_core::Device;
 
 use crate::data::DatasetKind;
-use crate::train::worker::{Command, Event, FieldSnapshot, LiveSettings, SampleSnapshot, Worker};
+use crate::train::worker::{
+    Command, DensitySnapshot, Event, FieldSnapshot, LiveSettings, SampleSnapshot, Worker,
+};
 use crate::train::{StepReport, TrainConfig};
 
 /// The pretrained moons model shown at start-up (made with the CLI; see the README).
@@ -141,6 +143,10 @@ pub struct FlowLabApp {
     pub quality: Vec<QualityEntry>,
     /// Whether a quality measurement is running.
     pub quality_pending: bool,
+    /// The learned density on a grid (from the worker).
+    pub learned: Option<DensitySnapshot>,
+    /// Whether a learned density was asked for and has not arrived.
+    pub learned_pending: bool,
     /// The time shown in the flow view, 0 = noise, 1 = data.
     pub t: f64,
     /// Whether the worker is training.
@@ -221,6 +227,8 @@ impl FlowLabApp {
             left_view: LeftView::Loss,
             quality: Vec::new(),
             quality_pending: false,
+            learned: None,
+            learned_pending: false,
             t: 1.0,
             running: false,
             step: 0,
@@ -361,6 +369,7 @@ impl FlowLabApp {
                 }
                 self.adopt_config = true;
                 self.run_config = Some(*config);
+                self.learned = None;
                 self.loss = history
                     .iter()
                     .map(|h| [f64::from(h[0]), f64::from(h[1])])
@@ -406,6 +415,10 @@ impl FlowLabApp {
                 self.info(format!("finished {step} steps"));
             }
             Event::Quality { step, report } => self.add_quality(step, *report),
+            Event::Density(d) => {
+                self.learned_pending = false;
+                self.learned = Some(*d);
+            }
             Event::Saved(p) => self.info(format!("saved {}", p.display())),
             Event::Loaded(p) => self.info(format!("opened {}", p.display())),
             Event::Error(msg) => {
@@ -413,6 +426,11 @@ impl FlowLabApp {
                 self.field_pending = false;
                 self.preview_pending = false;
                 self.quality_pending = false;
+                if self.learned_pending {
+                    // Do not ask again every frame: the person turns the layer back on.
+                    self.layers.learned_density = false;
+                }
+                self.learned_pending = false;
                 self.error(msg);
             }
         }

@@ -13,6 +13,8 @@ const MAX_TRAJECTORIES: usize = 150;
 const FIELD_GRID: usize = 17;
 /// Density heat-map cells per axis.
 const DENSITY_GRID: usize = 48;
+/// Learned-density cells per axis.
+const LEARNED_GRID: usize = 48;
 
 /// Which layers the flow view draws.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -27,6 +29,9 @@ pub struct Layers {
     pub data: bool,
     /// A heat-map of the particles' density at t.
     pub density: bool,
+    /// A heat-map of the model's own density p_1(x) (exact likelihood).
+    #[serde(default)]
+    pub learned_density: bool,
 }
 
 impl Default for Layers {
@@ -37,6 +42,7 @@ impl Default for Layers {
             field: false,
             data: false,
             density: false,
+            learned_density: false,
         }
     }
 }
@@ -225,7 +231,7 @@ impl FlowLabApp {
     }
 
     fn flow_ui(&mut self, ui: &mut egui::Ui, height: f32) {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label("Flow at time t")
                 .on_hover_text("Drag to pan, scroll to zoom, double-click to reset the view");
             ui.checkbox(&mut self.layers.particles, "particles")
@@ -238,6 +244,22 @@ impl FlowLabApp {
                 .on_hover_text("The target distribution");
             ui.checkbox(&mut self.layers.density, "density")
                 .on_hover_text("Heat-map of the samples' density at t");
+            ui.checkbox(&mut self.layers.learned_density, "learned p(x)")
+                .on_hover_text(
+                    "Heat-map of the model's exact density at t = 1, log p(x) by integrating the divergence back to the noise (computed by the worker)",
+                );
+            if self.layers.learned_density {
+                if self.learned_pending {
+                    ui.spinner();
+                } else if self.learned_is_stale()
+                    && ui
+                        .button("recompute")
+                        .on_hover_text("The weights or the view changed since the density was computed")
+                        .clicked()
+                {
+                    self.request_learned_density();
+                }
+            }
         });
         if self.layers.data {
             ui.horizontal(|ui| {
@@ -258,17 +280,34 @@ impl FlowLabApp {
         }
         self.ensure_data_points();
         self.request_field();
+        // The learned density is computed when the layer is turned on; after
+        // that only on request (the recompute button), as it takes a moment.
+        if self.layers.learned_density && self.learned.is_none() && !self.learned_pending {
+            self.request_learned_density();
+        }
         let bounds = self.view_bounds;
         let pts_t = self.particles_at_t();
         Plot::new("flow_plot")
             .data_aspect(1.0)
             .legend(Legend::default())
-            .height(height - 90.0)
+            .height(height - 114.0)
             .include_x(bounds[0])
             .include_x(bounds[1])
             .include_y(bounds[2])
             .include_y(bounds[3])
             .show(ui, |p| {
+                if self.layers.learned_density
+                    && let Some(d) = &self.learned
+                {
+                    let b = d.bounds;
+                    p.heatmap(
+                        Heatmap::new(d.log_p.iter().map(|v| f64::from(*v).exp()).collect(), d.n)
+                            .at(PlotPoint::new(b[0], b[2]))
+                            .size((b[1] - b[0]) as f32, (b[3] - b[2]) as f32)
+                            .show_labels(false)
+                            .name("learned density"),
+                    );
+                }
                 if self.layers.density
                     && let Some(pts) = &pts_t
                 {
@@ -400,6 +439,26 @@ impl FlowLabApp {
             }
             ui.ctx().request_repaint();
         }
+    }
+
+    /// Whether the learned density shown is missing or from other weights or bounds.
+    pub fn learned_is_stale(&self) -> bool {
+        let step = self.snapshot.as_ref().map_or(0, |s| s.step);
+        self.learned
+            .as_ref()
+            .is_none_or(|d| d.step != step || d.bounds != self.view_bounds)
+    }
+
+    /// Asks the worker for the learned density on the view's grid.
+    pub fn request_learned_density(&mut self) {
+        if self.run_config.is_none() || self.learned_pending {
+            return;
+        }
+        self.learned_pending = true;
+        self.send(Command::Density {
+            n: LEARNED_GRID,
+            bounds: self.view_bounds,
+        });
     }
 
     /// Asks the worker for v(x, t) when the field layer is on and the shown one is stale.

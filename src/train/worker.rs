@@ -130,9 +130,20 @@ pub enum Command {
     /// Measure sample quality against NFE for every solver (2D data),
     /// answered by [`Event::Quality`].
     Quality,
+    /// The learned density p_1(x) on a grid (2D data, Gaussian source), by
+    /// integrating the divergence backwards; answered by [`Event::Density`].
+    Density {
+        /// Grid points per axis.
+        n: usize,
+        /// Data-space bounds `[x_min, x_max, y_min, y_max]`.
+        bounds: [f64; 4],
+    },
     /// End the thread.
     Shutdown,
 }
+
+/// RK4 steps of the learned-density view.
+pub const DENSITY_STEPS: usize = 12;
 
 /// Points per quality measurement (W2 is exact, O(n^3)).
 pub const QUALITY_N: usize = 600;
@@ -146,6 +157,19 @@ pub struct FieldSnapshot {
     pub points: Vec<[f32; 2]>,
     /// v(x, t) at each point, in data units per unit time.
     pub vectors: Vec<[f32; 2]>,
+}
+
+/// The learned density on a grid, in data space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DensitySnapshot {
+    /// Training step of the weights used.
+    pub step: u64,
+    /// Grid points per axis.
+    pub n: usize,
+    /// Data-space bounds `[x_min, x_max, y_min, y_max]`.
+    pub bounds: [f64; 4],
+    /// log p(x) at the grid points, row by row from `y_min` (row-major `(n, n)`).
+    pub log_p: Vec<f32>,
 }
 
 /// Preview samples: the fixed-noise batch integrated from t = 0 to t = 1.
@@ -201,6 +225,8 @@ pub enum Event {
         /// Steps done.
         step: u64,
     },
+    /// The learned density asked for by [`Command::Density`].
+    Density(Box<DensitySnapshot>),
     /// Quality against NFE of the sampling weights at `step`.
     Quality {
         /// Training step of the weights measured.
@@ -521,6 +547,10 @@ impl State {
                     report: Box::new(report),
                 });
             }
+            Command::Density { n, bounds } => {
+                let d = self.density(n, bounds)?;
+                self.outbox.push_back(Event::Density(Box::new(d)));
+            }
             Command::Shutdown => {}
         }
         Ok(())
@@ -557,6 +587,47 @@ impl State {
             .map(|[a, b]| [a * std.scale, b * std.scale])
             .collect();
         Ok(FieldSnapshot { t, points, vectors })
+    }
+
+    fn density(&mut self, n: usize, bounds: [f64; 4]) -> Result<DensitySnapshot> {
+        let tr = self.trainer()?;
+        let Some(std) = tr.dataset().standardizer() else {
+            return Err(Error::config("the density view is for 2D data"));
+        };
+        if tr.config().source != crate::flow::Source::Gaussian {
+            return Err(Error::config(format!(
+                "the learned density needs the source's density: train with the gaussian source, not {}",
+                tr.config().source.name()
+            )));
+        }
+        let n = n.clamp(2, 128);
+        let [x0, x1, y0, y1] = bounds;
+        let mut pts = Vec::with_capacity(2 * n * n);
+        for j in 0..n {
+            for i in 0..n {
+                // Cell centres.
+                pts.push((x0 + (x1 - x0) * (i as f64 + 0.5) / n as f64) as f32);
+                pts.push((y0 + (y1 - y0) * (j as f64 + 0.5) / n as f64) as f32);
+            }
+        }
+        std.to_model(&mut pts);
+        let x = candle_core::Tensor::from_vec(pts, (n * n, 2), tr.device())?;
+        let l = crate::solver::likelihood::log_likelihood(
+            tr.sampling_model(),
+            &x,
+            &crate::solver::likelihood::LikelihoodConfig {
+                steps: DENSITY_STEPS,
+                ..Default::default()
+            },
+        )?;
+        // Data space: x_model = (x_data - mean) / scale, so log p_data = log p_model - 2 ln scale.
+        let shift = 2.0 * f64::from(std.scale).ln();
+        Ok(DensitySnapshot {
+            step: tr.step_count(),
+            n,
+            bounds,
+            log_p: l.log_p.iter().map(|v| (v - shift) as f32).collect(),
+        })
     }
 
     fn load(&mut self, ck: Checkpoint, path: PathBuf) -> Result<()> {

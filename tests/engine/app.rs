@@ -466,3 +466,34 @@ fn quality_vs_nfe_view_measures_every_solver_and_keeps_runs_for_comparison() {
     assert_eq!(h.state().quality[1].label, "8gaussians -> moons, exact-ot");
     assert_eq!(h.state().quality[1].step, 20);
 }
+
+#[test]
+fn learned_density_layer_shows_the_models_likelihood_on_demand() {
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.step == 4000 && a.snapshot.is_some()
+    });
+    h.get_by_label("learned p(x)").click();
+    step_until(&mut h, "the learned density", |a| a.learned.is_some());
+    let d = h.state().learned.clone().expect("density");
+    assert_eq!((d.n, d.log_p.len(), d.step), (48, 48 * 48, 4000));
+    assert!(d.log_p.iter().all(|v| v.is_finite()));
+    // Normalised: the density integrates to about 1 over the view.
+    let [x0, x1, y0, y1] = d.bounds;
+    let cell = (x1 - x0) * (y1 - y0) / (48.0 * 48.0);
+    let mass: f64 = d.log_p.iter().map(|v| f64::from(*v).exp() * cell).sum();
+    assert!((mass - 1.0).abs() < 0.1, "total mass {mass}");
+    // Higher on the moons than between them: the data points score above the
+    // grid's median.
+    let mut sorted: Vec<f32> = d.log_p.clone();
+    sorted.sort_by(f32::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let at = |x: f64, y: f64| {
+        let i = ((x - x0) / (x1 - x0) * 48.0) as usize;
+        let j = ((y - y0) / (y1 - y0) * 48.0) as usize;
+        d.log_p[j * 48 + i]
+    };
+    assert!(at(0.0, 1.0) > median + 2.0, "top of the upper moon");
+    assert!(at(1.0, -0.5) > median + 2.0, "bottom of the lower moon");
+    assert!(!h.state().learned_is_stale());
+}
