@@ -12,7 +12,7 @@ mod views;
 
 pub use grid::{PNG_SCALE, grid_at, row_labels};
 pub use quality::{LeftView, QualityEntry};
-pub use views::{Layers, LossView, Playback, density, smooth};
+pub use views::{Layers, LossView, Playback, density, particles_at, smooth};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -322,6 +322,24 @@ impl FlowLabApp {
             ui.add(egui::Slider::new(&mut self.live.solver.steps, 1..=100).text("steps"))
                 .on_hover_text("Fixed steps from t = 0 to 1 on the grid t_k = k/N");
         }
+        let trained = self.run_config.as_ref().map(|c| c.scheduler);
+        let shown = match (self.live.sample_scheduler, trained) {
+            (Some(s), _) => s.name().to_string(),
+            (None, Some(t)) => format!("as trained ({})", t.name()),
+            (None, None) => "as trained".to_string(),
+        };
+        egui::ComboBox::from_label("sample as")
+            .selected_text(shown)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut self.live.sample_scheduler, None, "as trained");
+                for s in Scheduler::ALL {
+                    ui.selectable_value(&mut self.live.sample_scheduler, Some(s), s.name());
+                }
+            })
+            .response
+            .on_hover_text(
+                "Sample as if the model had been trained with another scheduler: the same data at t = 1, other paths (scheduler change by SNR matching)",
+            );
         if let Some(s) = &self.snapshot {
             ui.label(format!("NFE {}", s.nfe));
         }

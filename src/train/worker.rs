@@ -46,6 +46,10 @@ pub struct LiveSettings {
     /// one grid row each.
     #[serde(default)]
     pub class: Option<u32>,
+    /// Sample as if the model had been trained with this scheduler (`None`:
+    /// the one it was trained with); see [`crate::flow::SchedulerChange`].
+    #[serde(default)]
+    pub sample_scheduler: Option<crate::flow::Scheduler>,
 }
 
 fn default_guidance() -> f64 {
@@ -85,6 +89,7 @@ impl LiveSettings {
             lr: cfg.optimizer.lr,
             guidance: default_guidance(),
             class: None,
+            sample_scheduler: None,
         }
     }
 }
@@ -729,13 +734,23 @@ impl State {
         while start < n {
             let len = part.min(n - start);
             let x = x0.narrow(0, start, len)?;
+            let trained = tr.config().scheduler;
+            let retimed = |f: &dyn crate::model::VelocityField| match live.sample_scheduler {
+                Some(target) if target != trained => integrate(
+                    &crate::flow::SchedulerChange::new(f, trained, target),
+                    &x,
+                    &live.solver,
+                    &how,
+                ),
+                _ => integrate(f, &x, &live.solver, &how),
+            };
             let sol = match labels.get(start..start + len) {
                 Some(l) if !l.is_empty() => {
                     let l = candle_core::Tensor::from_vec(l.to_vec(), len, tr.device())?;
                     let field = Guided::new(model, &l, live.guidance)?;
-                    integrate(&field, &x, &live.solver, &how)
+                    retimed(&field)
                 }
-                _ => integrate(model, &x, &live.solver, &how),
+                _ => retimed(model),
             };
             let sol = match sol {
                 Err(Error::Interrupted) => return Ok(()),

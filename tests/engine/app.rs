@@ -497,3 +497,44 @@ fn learned_density_layer_shows_the_models_likelihood_on_demand() {
     assert!(at(1.0, -0.5) > median + 2.0, "bottom of the lower moon");
     assert!(!h.state().learned_is_stale());
 }
+
+#[test]
+fn sampling_as_another_scheduler_changes_the_paths_not_the_result() {
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.step == 4000 && a.snapshot.is_some()
+    });
+    let before = h.state().snapshot.clone().expect("snapshot");
+    h.get_by_role_and_label(Role::ComboBox, "sample as").click();
+    h.run_steps(3);
+    h.get_by_label("cosine").click();
+    step_until(&mut h, "the cosine preview", |a| {
+        a.snapshot
+            .as_ref()
+            .is_some_and(|s| s.states != before.states)
+    });
+    assert_eq!(
+        h.state().live.sample_scheduler,
+        Some(flowlab::flow::Scheduler::Cosine)
+    );
+    let after = h.state().snapshot.clone().expect("snapshot");
+    let dist = |a: &[[f64; 2]], b: &[[f64; 2]]| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt())
+            .sum::<f64>()
+            / a.len() as f64
+    };
+    let mid = |s| flowlab::app::particles_at(s, 0.5).expect("2D");
+    let end = |s| flowlab::app::particles_at(s, 1.0).expect("2D");
+    // Same noise, other paths: far apart half-way, close together at the data.
+    let (d_mid, d_end) = (
+        dist(&mid(&before), &mid(&after)),
+        dist(&end(&before), &end(&after)),
+    );
+    assert!(d_mid > 0.1, "half-way the paths differ: {d_mid}");
+    assert!(
+        d_end < 0.5 * d_mid,
+        "the same data at t = 1: {d_end} vs {d_mid}"
+    );
+}
