@@ -6,6 +6,7 @@
 
 pub mod change;
 pub mod coupling;
+pub mod manifold;
 pub mod path;
 pub mod scheduler;
 pub mod source;
@@ -13,6 +14,7 @@ pub mod time;
 
 pub use change::SchedulerChange;
 pub use coupling::Coupling;
+pub use manifold::Manifold;
 pub use path::{AffinePath, PathSample};
 pub use scheduler::{Scheduler, SchedulerOutput};
 pub use source::Source;

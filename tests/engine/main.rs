@@ -10,6 +10,7 @@ mod coupling;
 mod data;
 mod flow;
 mod likelihood;
+mod manifold;
 mod metrics;
 mod ops;
 mod solver;

@@ -1,0 +1,124 @@
+//! Sphere and torus geometry against ground truth: exp/log round trips,
+//! geodesic endpoints and constant speed, projections, uniform sampling.
+
+use flowlab::flow::Manifold;
+use flowlab::flow::manifold::wrap;
+use flowlab::rng::{Stream, stream_rng};
+
+fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() < tol)
+}
+
+fn points(m: Manifold, n: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = stream_rng(seed, Stream::Eval, 0);
+    m.uniform(n, &mut rng)
+        .chunks_exact(m.ambient_dim())
+        .map(|p| m.project_point(&p.iter().map(|&a| f64::from(a)).collect::<Vec<_>>()))
+        .collect()
+}
+
+#[test]
+fn exp_and_log_round_trip_and_geodesics_hit_their_endpoints() {
+    for m in [Manifold::Sphere, Manifold::Torus] {
+        let xs = points(m, 200, 1);
+        let ys = points(m, 200, 2);
+        for (x, y) in xs.iter().zip(&ys) {
+            let v = m.log(x, y);
+            // exp(log) = identity (away from the sphere's antipodes).
+            assert!(close(&m.exp(x, &v), y, 1e-9), "{m:?} exp(log)");
+            // log(exp(v)) = v for short tangent vectors.
+            let short: Vec<f64> = v.iter().map(|a| 0.5 * a).collect();
+            assert!(
+                close(&m.log(x, &m.exp(x, &short)), &short, 1e-9),
+                "{m:?} log(exp)"
+            );
+            // Endpoints, and constant speed: d(x, γ(t)) = t d(x, y).
+            assert!(close(&m.geodesic(x, y, 0.0), x, 1e-12));
+            assert!(close(&m.geodesic(x, y, 1.0), y, 1e-9));
+            let d = m.distance(x, y);
+            for t in [0.25, 0.5, 0.8] {
+                let g = m.geodesic(x, y, t);
+                assert!(
+                    (m.distance(x, &g) - t * d).abs() < 1e-9,
+                    "{m:?} speed at {t}"
+                );
+                assert!(
+                    m.max_off_manifold(&g.iter().map(|&a| a as f32).collect::<Vec<_>>()) < 1e-6
+                );
+            }
+            // The log map is tangent.
+            if m == Manifold::Sphere {
+                let dot: f64 = x.iter().zip(&v).map(|(a, b)| a * b).sum();
+                assert!(dot.abs() < 1e-9);
+            }
+        }
+    }
+    // Known values: a quarter turn on the sphere, wrapping on the torus.
+    let (n, e) = ([0.0, 0.0, 1.0], [1.0, 0.0, 0.0]);
+    assert!(close(
+        &Manifold::Sphere.log(&n, &e),
+        &[std::f64::consts::FRAC_PI_2, 0.0, 0.0],
+        1e-12
+    ));
+    assert!(close(
+        &Manifold::Torus.log(&[3.0, -3.0], &[-3.0, 3.0]),
+        &[
+            2.0 * std::f64::consts::PI - 6.0,
+            6.0 - 2.0 * std::f64::consts::PI
+        ],
+        1e-12
+    ));
+    assert_eq!(wrap(std::f64::consts::PI), -std::f64::consts::PI);
+}
+
+#[test]
+fn following_the_conditional_velocity_reaches_the_data_point() {
+    for m in [Manifold::Sphere, Manifold::Torus] {
+        let (x0, x1) = (points(m, 20, 3), points(m, 20, 4));
+        for (a, b) in x0.iter().zip(&x1) {
+            let steps = 400;
+            let mut x = a.clone();
+            for k in 0..steps {
+                let t = k as f64 / steps as f64;
+                let v = m.conditional_velocity(&x, b, t);
+                let dv: Vec<f64> = v.iter().map(|c| c / steps as f64).collect();
+                x = m.exp(&x, &dv);
+                // Stays on the geodesic from a to b.
+                let on = m.geodesic(a, b, (k + 1) as f64 / steps as f64);
+                assert!(m.distance(&x, &on) < 1e-6, "{m:?} off the geodesic");
+            }
+            assert!(m.distance(&x, b) < 1e-6, "{m:?} reaches x1");
+        }
+    }
+}
+
+#[test]
+fn uniform_points_are_uniform_and_projections_land_on_the_manifold() {
+    let s = points(Manifold::Sphere, 20_000, 5);
+    for d in 0..3 {
+        let mean = s.iter().map(|p| p[d]).sum::<f64>() / s.len() as f64;
+        let var = s.iter().map(|p| p[d] * p[d]).sum::<f64>() / s.len() as f64;
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0 / 3.0).abs() < 0.01,
+            "{mean} {var}"
+        );
+    }
+    let t = points(Manifold::Torus, 20_000, 6);
+    let inside = t
+        .iter()
+        .filter(|p| p[0].abs() < std::f64::consts::FRAC_PI_2)
+        .count();
+    assert!((inside as f64 / 20_000.0 - 0.5).abs() < 0.02);
+    let p = Manifold::Sphere.project_point(&[3.0, 4.0, 0.0]);
+    assert!(close(&p, &[0.6, 0.8, 0.0], 1e-12));
+    let v = Manifold::Sphere.project_tangent(&p, &[1.0, 1.0, 1.0]);
+    assert!((v[0] * 0.6 + v[1] * 0.8).abs() < 1e-12);
+    assert!(close(
+        &Manifold::Torus.project_point(&[7.0, -4.0]),
+        &[
+            7.0 - 2.0 * std::f64::consts::PI,
+            -4.0 + 2.0 * std::f64::consts::PI
+        ],
+        1e-12
+    ));
+}
