@@ -7,6 +7,7 @@
 //! scaled to [-1, 1]. [`Dataset::to_data_space`] maps samples back.
 
 pub mod idx;
+pub mod manifold;
 pub mod mnist;
 pub mod toy;
 

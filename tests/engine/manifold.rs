@@ -122,3 +122,59 @@ fn uniform_points_are_uniform_and_projections_land_on_the_manifold() {
         1e-12
     ));
 }
+
+#[test]
+fn manifold_datasets_lie_on_their_manifold_with_the_right_shape() {
+    use flowlab::data::manifold::ManifoldSet;
+    for set in ManifoldSet::ALL {
+        let m = set.manifold();
+        let mut rng = stream_rng(7, Stream::Eval, 0);
+        let pts = set.draw_n(4000, &mut rng);
+        assert_eq!(pts.len(), 4000 * m.ambient_dim(), "{set:?}");
+        assert!(m.max_off_manifold(&pts) < 1e-5, "{set:?} off the manifold");
+        assert!(pts.chunks_exact(m.ambient_dim()).all(|p| set.on_support(p)));
+        let again = set.draw_n(4000, &mut stream_rng(7, Stream::Eval, 0));
+        assert_eq!(pts, again, "seeded");
+        assert_eq!(ManifoldSet::from_name(set.name()), Some(set));
+    }
+    // vMF with kappa = 30: E[cos angle to the centre] = coth(30) - 1/30.
+    let vmf = ManifoldSet::SphereVmf { kappa: 30.0 };
+    let pts = vmf.draw_n(8000, &mut stream_rng(8, Stream::Eval, 0));
+    let centres = [
+        [0.0, 0.0, 1.0],
+        [0.942_809, 0.0, -0.333_333],
+        [-0.471_405, 0.816_497, -0.333_333],
+        [-0.471_405, -0.816_497, -0.333_333],
+    ];
+    let mean_cos = pts
+        .chunks_exact(3)
+        .map(|p| {
+            centres
+                .iter()
+                .map(|c| c.iter().zip(p).map(|(a, b)| a * f64::from(*b)).sum::<f64>())
+                .fold(f64::MIN, f64::max)
+        })
+        .sum::<f64>()
+        / 8000.0;
+    let want = 1.0 / 30f64.tanh() - 1.0 / 30.0;
+    assert!((mean_cos - want).abs() < 0.005, "{mean_cos} vs {want}");
+    // The torus checkerboard fills its 8 dark squares evenly; the off-support test rejects a light one.
+    let cb = ManifoldSet::TorusCheckerboard;
+    let pts = cb.draw_n(8000, &mut stream_rng(9, Stream::Eval, 0));
+    let mut counts = [0usize; 16];
+    for p in pts.chunks_exact(2) {
+        let cell = |a: f32| {
+            (((f64::from(a) + std::f64::consts::PI) / (2.0 * std::f64::consts::PI) * 4.0) as usize)
+                .min(3)
+        };
+        counts[cell(p[0]) * 4 + cell(p[1])] += 1;
+    }
+    let dark: Vec<usize> = counts.iter().copied().filter(|&c| c > 0).collect();
+    assert_eq!(dark.len(), 8);
+    assert!(
+        dark.iter().all(|&c| (c as f64 - 1000.0).abs() < 150.0),
+        "{counts:?}"
+    );
+    assert!(!cb.on_support(&[-2.5, -0.5]), "a light square");
+    assert!(cb.on_support(&[-2.5, -2.5]), "a dark square");
+}
