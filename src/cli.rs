@@ -1093,7 +1093,6 @@ pub fn run(cmd: &Command) -> Result<()> {
 
 fn run_likelihood(a: &LikelihoodArgs) -> Result<()> {
     use crate::solver::likelihood::{Divergence, LikelihoodConfig, log_likelihood};
-    use rand::RngExt as _;
     if a.n == 0 || a.steps == 0 || a.batch == 0 {
         return Err(Error::config("-n, --steps and --batch must be at least 1"));
     }
@@ -1113,10 +1112,7 @@ fn run_likelihood(a: &LikelihoodArgs) -> Result<()> {
     let mut x = data.sample_held_out(a.n, &mut rng);
     let n = x.len() / dim.max(1);
     if image {
-        // Uniform dequantisation: pixel p becomes p + u, u ~ U[0, 1), in model units.
-        for v in &mut x {
-            *v += rng.random::<f32>() / 127.5;
-        }
+        crate::train::trainer::dequantize(&mut x, &mut rng);
     }
     let probes = a.probes.unwrap_or(if image { 1 } else { 0 });
     let divergence = if probes == 0 {

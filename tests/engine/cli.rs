@@ -29,6 +29,18 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A JSON config for a tiny MNIST UNet (fast enough for CLI tests), written into `dir`.
+fn tiny_unet_config(dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("unet.json");
+    std::fs::write(
+        &config,
+        r#"{"dataset": {"kind": "mnist"}, "model": {"kind": "unet", "channels": [8, 16],
+            "groups": 4, "embed_dim": 16, "attention": false}, "held_out_size": 16}"#,
+    )
+    .expect("config");
+    config
+}
+
 fn read_csv(path: &Path) -> Vec<f32> {
     let text = std::fs::read_to_string(path).expect("csv");
     let mut lines = text.lines();
@@ -387,13 +399,7 @@ fn ctrl_c_saves_a_resumable_checkpoint() {
 fn class_conditional_unet_trains_and_samples_digits_by_class() {
     let dir = temp_dir("cli-cond");
     // A small conditional UNet from a config file, then --classes from the flag.
-    let config = dir.join("unet.json");
-    std::fs::write(
-        &config,
-        r#"{"dataset": {"kind": "mnist"}, "model": {"kind": "unet", "channels": [8, 16],
-            "groups": 4, "embed_dim": 16, "attention": false}, "held_out_size": 16}"#,
-    )
-    .expect("config");
+    let config = tiny_unet_config(&dir);
     let ck = dir.join("c.safetensors");
     let ck_s = ck.to_str().expect("utf8");
     let out = ok(&[
@@ -573,13 +579,7 @@ fn likelihood_reports_nll_for_2d_and_bits_per_dim_for_images() {
         .unwrap_or_else(|| panic!("no NLL in {out}"));
     assert!((-1.0..1.0).contains(&nll), "{out}");
     let dir = temp_dir("cli-nll");
-    let config = dir.join("unet.json");
-    std::fs::write(
-        &config,
-        r#"{"dataset": {"kind": "mnist"}, "model": {"kind": "unet", "channels": [8, 16],
-            "groups": 4, "embed_dim": 16, "attention": false}, "held_out_size": 16}"#,
-    )
-    .expect("config");
+    let config = tiny_unet_config(&dir);
     let ck = dir.join("d.safetensors");
     ok(&[
         "train",
