@@ -117,7 +117,7 @@ fn training_table(o: &BenchOptions) -> Result<String> {
         let solver = SolverConfig::fixed(SolverKind::Midpoint, 20);
         let model = tr.sampling_model();
         let sampling = rate(o.seconds, || {
-            crate::sample::sample_from(model, &x0, &solver, false).map(|_| ())
+            crate::sample::sample_from(model, &x0, &solver, false, None).map(|_| ())
         })?;
         out.push_str(&format!(
             "| {} | {params} | {steps:.2} | {:.1} | {:.0} | {} |\n",

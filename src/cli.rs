@@ -94,7 +94,9 @@ pub struct ExportArgs {
 /// Options of `flowlab train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Dataset: moons, circles, 8gaussians, checkerboard, spirals, swissroll, mnist.
+    /// Dataset: moons, circles, 8gaussians, checkerboard, spirals, swissroll,
+    /// mnist; on the sphere sphere-vmf, sphere-checkerboard; on the torus
+    /// torus-checkerboard, torus-protein.
     #[arg(long)]
     pub dataset: Option<String>,
     /// Noise (or spread) parameter of a 2D dataset.
@@ -348,8 +350,14 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         None => TrainConfig::default(),
     };
     if let Some(name) = &a.dataset {
-        cfg.dataset = DatasetKind::from_name(name, a.mnist_dir.clone())
+        let kind = DatasetKind::from_name(name, a.mnist_dir.clone())
             .ok_or_else(|| unknown("dataset", name, &DatasetKind::names()))?;
+        if kind.manifold().is_some() || cfg.dataset.manifold().is_some() {
+            // Onto or off a manifold: the source, path and pairing follow.
+            cfg = cfg.with_dataset(kind);
+        } else {
+            cfg.dataset = kind;
+        }
     } else if let (Some(dir), DatasetKind::Mnist { .. }) = (&a.mnist_dir, &cfg.dataset) {
         cfg.dataset = DatasetKind::Mnist {
             dir: Some(dir.clone()),
@@ -358,13 +366,13 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(noise) = a.noise {
         match &mut cfg.dataset {
             DatasetKind::Toy2d { toy } => *toy = toy.with_noise(noise),
-            DatasetKind::Mnist { .. } => {
+            DatasetKind::Mnist { .. } | DatasetKind::Manifold { .. } => {
                 return Err(Error::config("--noise applies to 2D datasets only"));
             }
         }
     }
     if let Some(name) = &a.source {
-        let mut names = vec!["gaussian"];
+        let mut names = vec!["gaussian", "uniform-sphere", "uniform-torus"];
         names.extend(crate::data::Toy2d::ALL.iter().map(|t| t.name()));
         cfg.source = Source::from_name(name).ok_or_else(|| unknown("source", name, &names))?;
     }
@@ -521,7 +529,48 @@ pub fn heldout_w2(
     .data;
     meta.to_data_space(&mut s);
     let (a, b) = reference_sets(meta, n, seed, None)?;
-    Ok((w2_exact(&s, &a, 2)?, w2_exact(&a, &b, 2)?))
+    let dim = meta.sample_shape.iter().product();
+    Ok((w2_exact(&s, &a, dim)?, w2_exact(&a, &b, dim)?))
+}
+
+/// For a model on a manifold: the largest distance of its samples from the
+/// manifold and, for a checkerboard, the share on the dark squares (`None` for
+/// the mixtures).
+pub fn manifold_report(
+    model: &dyn VelocityField,
+    meta: &CheckpointMeta,
+    solver: &SolverConfig,
+    n: usize,
+    seed: u64,
+) -> Result<Option<(f64, Option<f64>)>> {
+    let DatasetKind::Manifold { set } = &meta.config.dataset else {
+        return Ok(None);
+    };
+    let s = sample(
+        model,
+        &meta.config.source,
+        &meta.sample_shape,
+        n,
+        seed,
+        solver,
+        false,
+        &Device::Cpu,
+    )?;
+    let off = set.manifold().max_off_manifold(&s.data);
+    let share = set.has_support_test().then(|| set.support_share(&s.data));
+    Ok(Some((off, share)))
+}
+
+fn print_manifold_report(report: Option<(f64, Option<f64>)>, solver: &SolverConfig) {
+    if let Some((off, share)) = report {
+        let squares = share.map_or_else(String::new, |s| {
+            format!(", {:.1} % on the dark squares", 100.0 * s)
+        });
+        println!(
+            "on the manifold ({}): largest distance off it {off:.2e}{squares}",
+            solver.describe()
+        );
+    }
 }
 
 fn run_train(a: &TrainArgs) -> Result<()> {
@@ -660,6 +709,16 @@ fn run_train(a: &TrainArgs) -> Result<()> {
             cfg.solver.describe(),
             w2 / floor
         );
+        print_manifold_report(
+            manifold_report(
+                tr.sampling_model(),
+                &checkpoint.meta,
+                &cfg.solver,
+                2000,
+                cfg.seed,
+            )?,
+            &cfg.solver,
+        );
     }
     Ok(())
 }
@@ -778,16 +837,18 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
     let mut data = s.data;
     meta.to_data_space(&mut data);
     crate::fsutil::ensure_parent(&a.out)?;
+    let manifold = meta.config.dataset.manifold();
     match (ext.as_str(), image) {
         ("csv", _) => {
-            let mut text = String::from("x,y\n");
-            for [x, y] in data.as_chunks::<2>().0 {
-                text.push_str(&format!("{x},{y}\n"));
-            }
+            let text = points_csv(&data, manifold, None);
             crate::fsutil::write_atomic(&a.out, text.as_bytes())?;
         }
         ("png", false) => {
-            crate::plot::save_png(&crate::plot::scatter_png(&data, None, 600), &a.out)?
+            let flat = match manifold {
+                Some(m) => chart_points(m, &data),
+                None => data.clone(),
+            };
+            crate::plot::save_png(&crate::plot::scatter_png(&flat, None, 600), &a.out)?
         }
         ("png", true) => {
             let (rows, cols) = image_size(&meta.sample_shape);
@@ -808,12 +869,15 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         }
     }
     if let Some(path) = &a.trajectory {
-        let mut text = String::from("t,i,x,y\n");
+        let mut text = String::new();
         for (t, state) in s.times.iter().zip(&s.states) {
             let mut state = state.clone();
             meta.to_data_space(&mut state);
-            for (i, [x, y]) in state.as_chunks::<2>().0.iter().enumerate() {
-                text.push_str(&format!("{t},{i},{x},{y}\n"));
+            let part = points_csv(&state, manifold, Some(*t));
+            let skip = if text.is_empty() { 0 } else { 1 };
+            for line in part.lines().skip(skip) {
+                text.push_str(line);
+                text.push('\n');
             }
         }
         crate::fsutil::ensure_parent(path)?;
@@ -833,6 +897,43 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         secs
     );
     Ok(())
+}
+
+/// Points as CSV: `x,y` for 2D data, `x,y,z` on the sphere, the angles
+/// `phi,psi` (radians) on the torus; with `t`, each row starts `t,i,`.
+fn points_csv(data: &[f32], manifold: Option<crate::flow::Manifold>, t: Option<f64>) -> String {
+    use crate::flow::Manifold;
+    let (header, dim) = match manifold {
+        None => ("x,y", 2),
+        Some(Manifold::Sphere) => ("x,y,z", 3),
+        Some(Manifold::Torus) => ("phi,psi", 4),
+    };
+    let mut text = match t {
+        Some(_) => format!("t,i,{header}\n"),
+        None => format!("{header}\n"),
+    };
+    for (i, p) in data.chunks_exact(dim).enumerate() {
+        let values: Vec<String> = match manifold {
+            Some(Manifold::Torus) => crate::flow::manifold::torus_angles(p)
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+            _ => p.iter().map(|v| v.to_string()).collect(),
+        };
+        if let Some(t) = t {
+            text.push_str(&format!("{t},{i},"));
+        }
+        text.push_str(&values.join(","));
+        text.push('\n');
+    }
+    text
+}
+
+/// Manifold points in map coordinates (see [`crate::flow::Manifold::chart`]), flattened `(n, 2)`.
+fn chart_points(m: crate::flow::Manifold, data: &[f32]) -> Vec<f32> {
+    data.chunks_exact(m.ambient_dim())
+        .flat_map(|p| m.chart(p))
+        .collect()
 }
 
 fn image_size(shape: &[usize]) -> (usize, usize) {
@@ -876,7 +977,7 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
         w2_exact(&reference, &reference2, dim)?,
         sliced_w2(&reference, &reference2, dim, 256, a.seed)?
     );
-    if !image {
+    if meta.config.dataset.manifold().is_none() && !image {
         // How straight the learned flow is: states of 100 Euler steps (model space).
         let s = sample(
             loaded.model.as_ref(),
@@ -947,6 +1048,22 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
             sliced_w2(&x, &reference, dim, 256, a.seed)?,
             secs
         );
+        if let DatasetKind::Manifold { set } = &meta.config.dataset {
+            let squares = if set.has_support_test() {
+                format!(
+                    "{:.1} % on the dark squares, ",
+                    100.0 * set.support_share(&x)
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<10} {squares}largest distance off the {} {:.1e}",
+                "",
+                set.manifold().name(),
+                set.manifold().max_off_manifold(&x)
+            );
+        }
     }
     Ok(())
 }

@@ -78,24 +78,28 @@ pub fn quality_vs_nfe(
     stop: Option<&AtomicBool>,
 ) -> Result<QualityReport> {
     let shape = data.sample_shape();
-    if shape != [2] {
-        return Err(Error::config("quality against NFE is measured on 2D data"));
+    let manifold = data.manifold();
+    if shape != [2] && manifold.is_none() {
+        return Err(Error::config(
+            "quality against NFE is measured on 2D data and on manifolds",
+        ));
     }
+    let dim = data.dim();
     let device = Device::Cpu;
     let x0: Tensor = source.noise(n, &shape, seed, 0, &device)?;
     let reference = data.sample_held_out(n, &mut stream_rng(seed, Stream::Eval, 0));
     let reference2 = data.sample_held_out(n, &mut stream_rng(seed, Stream::Eval, 1));
-    let floor = w2_exact(&reference, &reference2, 2)?;
+    let floor = w2_exact(&reference, &reference2, dim)?;
     let how = Integration {
         stop,
-        ..Integration::forward()
+        ..Integration::forward().on(manifold)
     };
     let mut points = Vec::new();
     for cfg in solver_grid() {
         let sol = integrate(model, &x0, &cfg, &how)?;
         let x = sol.x.flatten_all()?.to_vec1::<f32>()?;
         let w2 = if x.iter().all(|v| v.is_finite()) {
-            w2_exact(&x, &reference, 2)?
+            w2_exact(&x, &reference, dim)?
         } else {
             f64::INFINITY
         };
@@ -121,14 +125,14 @@ pub fn quality_vs_nfe(
         &SolverConfig::fixed(SolverKind::Euler, 100),
         &Integration {
             stop,
-            ..Integration::forward().with_intermediates()
+            ..Integration::forward().with_intermediates().on(manifold)
         },
     )?;
     let mut states = Vec::with_capacity(fine.states.len());
     for s in &fine.states {
         states.push(s.flatten_all()?.to_vec1::<f32>()?);
     }
-    let (straight, _) = straightness(&fine.times, &states, 2)?;
+    let (straight, _) = straightness(&fine.times, &states, dim)?;
     Ok(QualityReport {
         points,
         floor,

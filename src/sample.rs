@@ -39,7 +39,8 @@ pub struct Samples {
 
 /// Draws `n` samples: source points (`source`, e.g. the Gaussian) from draw 0
 /// of `seed`'s noise stream, integrated with `solver` from t = 0 to t = 1;
-/// `keep_intermediates` keeps every step's state.
+/// `keep_intermediates` keeps every step's state. A source on a manifold
+/// integrates on that manifold (see [`crate::solver::Integration::manifold`]).
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     model: &dyn VelocityField,
@@ -52,20 +53,22 @@ pub fn sample(
     device: &Device,
 ) -> Result<Samples> {
     let x0 = source.noise(n, sample_shape, seed, 0, device)?;
-    sample_from(model, &x0, solver, keep_intermediates)
+    sample_from(model, &x0, solver, keep_intermediates, source.manifold())
 }
 
 /// Integrates given source points `x0`: `(n, ...)` from t = 0 to t = 1, in chunks
-/// of at most [`MAX_CHUNK`] (fewer for large samples such as images).
+/// of at most [`MAX_CHUNK`] (fewer for large samples such as images), on
+/// `manifold` when given.
 pub fn sample_from(
     model: &dyn VelocityField,
     x0: &Tensor,
     solver: &SolverConfig,
     keep_intermediates: bool,
+    manifold: Option<crate::flow::Manifold>,
 ) -> Result<Samples> {
     let n = x0.dim(0)?;
     let sample_shape = x0.dims().get(1..).unwrap_or_default().to_vec();
-    let mut how = Integration::forward();
+    let mut how = Integration::forward().on(manifold);
     how.keep_intermediates = keep_intermediates;
     let mut out = Samples {
         sample_shape,

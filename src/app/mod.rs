@@ -6,6 +6,7 @@
 
 mod files;
 mod grid;
+pub mod manifold_view;
 mod quality;
 mod settings;
 mod views;
@@ -167,10 +168,16 @@ pub struct FlowLabApp {
     pub playback: Playback,
     /// The latest velocity field from the worker.
     pub field: Option<FieldSnapshot>,
+    /// The latest velocity field on a manifold from the worker.
+    pub tangent_field: Option<crate::train::worker::TangentFieldSnapshot>,
+    /// How the sphere is turned in the manifold view.
+    pub globe: manifold_view::Globe,
     field_pending: bool,
     field_step: u64,
     /// Target data points (data space) of the current run's dataset.
     pub data_points: Vec<[f64; 2]>,
+    /// Target points of a manifold run, flattened `(n, ambient_dim)`.
+    pub manifold_data: Vec<f32>,
     data_for: Option<(DatasetKind, usize, u64)>,
     /// Number of target points the data layer shows.
     pub data_n: usize,
@@ -239,6 +246,9 @@ impl FlowLabApp {
             loss_view: p.loss_view,
             playback: p.playback,
             field: None,
+            tangent_field: None,
+            globe: manifold_view::Globe::default(),
+            manifold_data: Vec::new(),
             field_pending: false,
             field_step: 0,
             data_points: Vec::new(),
@@ -405,6 +415,10 @@ impl FlowLabApp {
             Event::Field(f) => {
                 self.field_pending = false;
                 self.field = Some(*f);
+            }
+            Event::TangentField(f) => {
+                self.field_pending = false;
+                self.tangent_field = Some(*f);
             }
             Event::Paused { step } => {
                 self.running = false;

@@ -126,6 +126,8 @@ impl FlowLabApp {
             ui.vertical(|ui| {
                 if self.is_image_run() {
                     self.grid_ui(ui, height);
+                } else if let Some(m) = self.run_manifold() {
+                    self.manifold_ui(ui, height, m);
                 } else {
                     self.flow_ui(ui, height);
                 }

@@ -1,6 +1,7 @@
 //! Data on manifolds: on the sphere S² (unit vectors in R³) a mixture of von
 //! Mises-Fisher clusters and a checkerboard in latitude/longitude; on the flat
-//! torus T² (angle pairs in [−π, π)²) a wrapped checkerboard and a mixture of
+//! torus T² (points `(cos φ, sin φ, cos ψ, sin ψ)` in R⁴, see
+//! [`crate::flow::manifold`]) a wrapped checkerboard and a mixture of
 //! wrapped Gaussians placed like the main regions of a Ramachandran plot of
 //! protein backbone angles (φ, ψ).
 
@@ -11,7 +12,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::flow::Manifold;
-use crate::flow::manifold::wrap;
+use crate::flow::manifold::{torus_angles, torus_point, wrap};
 use crate::rng::gaussian;
 
 /// A distribution on a manifold.
@@ -65,6 +66,18 @@ impl ManifoldSet {
         }
     }
 
+    /// Checks the parameters are in range.
+    pub fn validate(&self) -> crate::Result<()> {
+        if let ManifoldSet::SphereVmf { kappa } = self
+            && !(kappa.is_finite() && *kappa > 0.0 && *kappa <= 1e4)
+        {
+            return Err(crate::Error::config(format!(
+                "vMF concentration kappa must be in (0, 10000], got {kappa}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Looks a set up by name, with default parameters.
     pub fn from_name(name: &str) -> Option<ManifoldSet> {
         Self::ALL.into_iter().find(|s| s.name() == name)
@@ -78,7 +91,7 @@ impl ManifoldSet {
         }
     }
 
-    /// `n` points, flattened `(n, 3)` on the sphere or `(n, 2)` on the torus.
+    /// `n` points, flattened `(n, 3)` on the sphere or `(n, 4)` on the torus.
     pub fn draw_n(&self, n: usize, rng: &mut StdRng) -> Vec<f32> {
         let mut out = Vec::with_capacity(n * self.manifold().ambient_dim());
         match *self {
@@ -98,13 +111,13 @@ impl ManifoldSet {
                 }
             }
             ManifoldSet::TorusCheckerboard => {
-                while out.len() < 2 * n {
+                while out.len() < 4 * n {
                     let (a, b) = (
                         rng.random::<f64>() * 2.0 * PI - PI,
                         rng.random::<f64>() * 2.0 * PI - PI,
                     );
                     if torus_checker_dark(a, b) {
-                        out.extend([a as f32, b as f32]);
+                        out.extend(torus_point(a, b));
                     }
                 }
             }
@@ -122,12 +135,37 @@ impl ManifoldSet {
                         }
                     }
                     let (_, m1, m2, s1, s2) = c;
-                    out.push(wrap(m1 + s1 * f64::from(pair[0])) as f32);
-                    out.push(wrap(m2 + s2 * f64::from(pair[1])) as f32);
+                    out.extend(torus_point(
+                        m1 + s1 * f64::from(pair[0]),
+                        m2 + s2 * f64::from(pair[1]),
+                    ));
                 }
             }
         }
         out
+    }
+
+    /// Whether the set has a support test ([`ManifoldSet::on_support`] is
+    /// not trivially true): the checkerboards.
+    pub fn has_support_test(&self) -> bool {
+        matches!(
+            self,
+            ManifoldSet::SphereCheckerboard | ManifoldSet::TorusCheckerboard
+        )
+    }
+
+    /// The share of the points (flattened) on the support (see [`ManifoldSet::on_support`]).
+    pub fn support_share(&self, points: &[f32]) -> f64 {
+        let d = self.manifold().ambient_dim();
+        let n = points.len() / d;
+        if n == 0 {
+            return 0.0;
+        }
+        let hits = points
+            .chunks_exact(d)
+            .filter(|p| self.on_support(p))
+            .count();
+        hits as f64 / n as f64
     }
 
     /// Whether a point lies where the set has mass: on a dark square of a
@@ -136,10 +174,10 @@ impl ManifoldSet {
         let q: Vec<f64> = p.iter().map(|&v| f64::from(v)).collect();
         match self {
             ManifoldSet::SphereCheckerboard => sphere_checker_dark(&q),
-            ManifoldSet::TorusCheckerboard => match q.as_slice() {
-                [a, b] => torus_checker_dark(*a, *b),
-                _ => false,
-            },
+            ManifoldSet::TorusCheckerboard => {
+                let [a, b] = torus_angles(p);
+                torus_checker_dark(f64::from(a), f64::from(b))
+            }
             _ => true,
         }
     }

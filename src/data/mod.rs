@@ -1,5 +1,6 @@
-//! Datasets: seeded 2D toy sets, MNIST-layout image sets, and the [`Dataset`]
-//! abstraction the trainer draws batches from.
+//! Datasets: seeded 2D toy sets, MNIST-layout image sets, distributions on the
+//! sphere and the torus, and the [`Dataset`] abstraction the trainer draws
+//! batches from.
 //!
 //! Data lives in two coordinate systems. *Data space* is what a person expects
 //! (scikit-learn's moons geometry, pixel values 0-255). *Model space* is what a
@@ -17,10 +18,12 @@ use rand::RngExt as _;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+pub use manifold::ManifoldSet;
 pub use mnist::{ImageSet, Mnist};
 pub use toy::{Standardizer, Toy2d};
 
 use crate::Result;
+use crate::flow::Manifold;
 
 /// Which data a run trains on. Serialised into configs and checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +39,11 @@ pub enum DatasetKind {
         /// Folder with the four IDX files; `None` means the MNIST embedded in the binary.
         dir: Option<PathBuf>,
     },
+    /// A distribution on the sphere or the torus (Riemannian flow matching).
+    Manifold {
+        /// Which one, with its parameters.
+        set: ManifoldSet,
+    },
 }
 
 impl DatasetKind {
@@ -44,6 +52,9 @@ impl DatasetKind {
         if name == "mnist" {
             return Some(DatasetKind::Mnist { dir: mnist_dir });
         }
+        if let Some(set) = ManifoldSet::from_name(name) {
+            return Some(DatasetKind::Manifold { set });
+        }
         Toy2d::from_name(name).map(|toy| DatasetKind::Toy2d { toy })
     }
 
@@ -51,6 +62,7 @@ impl DatasetKind {
     pub fn names() -> Vec<&'static str> {
         let mut v: Vec<_> = Toy2d::ALL.iter().map(|t| t.name()).collect();
         v.push("mnist");
+        v.extend(ManifoldSet::ALL.iter().map(|s| s.name()));
         v
     }
 
@@ -59,7 +71,21 @@ impl DatasetKind {
         match self {
             DatasetKind::Toy2d { toy } => toy.name(),
             DatasetKind::Mnist { .. } => "mnist",
+            DatasetKind::Manifold { set } => set.name(),
         }
+    }
+
+    /// The manifold the data lives on (`None`: flat R^d).
+    pub fn manifold(&self) -> Option<Manifold> {
+        match self {
+            DatasetKind::Manifold { set } => Some(set.manifold()),
+            _ => None,
+        }
+    }
+
+    /// Whether samples are 2D points (a toy set in the plane).
+    pub fn is_2d(&self) -> bool {
+        matches!(self, DatasetKind::Toy2d { .. })
     }
 
     /// Whether samples are images (their size is known once the set is loaded;
@@ -77,6 +103,10 @@ impl DatasetKind {
             }
             DatasetKind::Mnist { dir } => {
                 Ok(Box::new(ImageDataset::new(Mnist::load(dir.as_deref())?)))
+            }
+            DatasetKind::Manifold { set } => {
+                set.validate()?;
+                Ok(Box::new(ManifoldDataset::new(*set)))
             }
         }
     }
@@ -118,8 +148,56 @@ pub trait Dataset: Send + Sync {
     /// Maps flattened model-space samples to data space in place.
     fn to_data_space(&self, x: &mut [f32]);
 
-    /// The affine map of a 2D set, `None` for images.
+    /// The affine map of a 2D set, `None` for images and manifolds.
     fn standardizer(&self) -> Option<Standardizer>;
+
+    /// The manifold the samples lie on (`None`: flat R^d).
+    fn manifold(&self) -> Option<Manifold> {
+        None
+    }
+}
+
+/// Points on the sphere (unit vectors, `(n, 3)`) or the torus (`(n, 4)`, see
+/// [`crate::flow::manifold`]). Model space and data space are the same.
+#[derive(Debug, Clone)]
+pub struct ManifoldDataset {
+    set: ManifoldSet,
+}
+
+impl ManifoldDataset {
+    /// Wraps a manifold distribution.
+    pub fn new(set: ManifoldSet) -> Self {
+        ManifoldDataset { set }
+    }
+
+    /// The distribution.
+    pub fn set(&self) -> ManifoldSet {
+        self.set
+    }
+}
+
+impl Dataset for ManifoldDataset {
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![self.set.manifold().ambient_dim()]
+    }
+
+    fn sample_train(&self, n: usize, rng: &mut StdRng) -> Vec<f32> {
+        self.set.draw_n(n, rng)
+    }
+
+    fn sample_held_out(&self, n: usize, rng: &mut StdRng) -> Vec<f32> {
+        self.set.draw_n(n, rng)
+    }
+
+    fn to_data_space(&self, _x: &mut [f32]) {}
+
+    fn standardizer(&self) -> Option<Standardizer> {
+        None
+    }
+
+    fn manifold(&self) -> Option<Manifold> {
+        Some(self.set.manifold())
+    }
 }
 
 /// A 2D toy set, standardised.

@@ -1,12 +1,14 @@
 //! The source distribution p_0 at t = 0: the standard Gaussian, or (for 2D
 //! data) one of the 2D toy sets, standardised to zero mean and unit variance
-//! with its own [`Standardizer`], so a flow can carry e.g. 8 gaussians to moons.
+//! with its own [`Standardizer`], so a flow can carry e.g. 8 gaussians to moons;
+//! or, for data on a manifold, the uniform distribution on that manifold.
 
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Standardizer, Toy2d};
+use crate::flow::Manifold;
 use crate::rng::{Stream, gaussian, stream_rng};
 use crate::{Error, Result};
 
@@ -22,6 +24,11 @@ pub enum Source {
         /// Which set.
         toy: Toy2d,
     },
+    /// The uniform distribution on a manifold (Riemannian flow matching).
+    Uniform {
+        /// Which manifold.
+        manifold: Manifold,
+    },
 }
 
 impl Source {
@@ -30,6 +37,18 @@ impl Source {
         match self {
             Source::Gaussian => "gaussian",
             Source::Toy2d { toy } => toy.name(),
+            Source::Uniform { manifold } => match manifold {
+                Manifold::Sphere => "uniform-sphere",
+                Manifold::Torus => "uniform-torus",
+            },
+        }
+    }
+
+    /// The manifold of a uniform-on-a-manifold source.
+    pub fn manifold(&self) -> Option<Manifold> {
+        match self {
+            Source::Uniform { manifold } => Some(*manifold),
+            _ => None,
         }
     }
 
@@ -37,6 +56,12 @@ impl Source {
     pub fn from_name(name: &str) -> Option<Source> {
         if name == "gaussian" {
             return Some(Source::Gaussian);
+        }
+        if let Some(manifold) = Manifold::ALL
+            .into_iter()
+            .find(|m| Source::Uniform { manifold: *m }.name() == name)
+        {
+            return Some(Source::Uniform { manifold });
         }
         Toy2d::from_name(name).map(|toy| Source::Toy2d { toy })
     }
@@ -56,6 +81,17 @@ impl Source {
                     )))
                 }
             }
+            Source::Uniform { manifold } => {
+                if sample_shape == [manifold.ambient_dim()] {
+                    Ok(())
+                } else {
+                    Err(Error::config(format!(
+                        "the uniform source on the {} is for points with {} coordinates, not samples of shape {sample_shape:?}",
+                        manifold.name(),
+                        manifold.ambient_dim()
+                    )))
+                }
+            }
         }
     }
 
@@ -68,6 +104,7 @@ impl Source {
                 standardizer_of(toy).to_model(&mut v);
                 v
             }
+            Source::Uniform { manifold } => manifold.uniform(n, rng),
         }
     }
 

@@ -1,4 +1,9 @@
-//! MLP velocity field: v(x, t) = MLP([flatten(x), embed(t)]).
+//! MLP velocity field: v(x, t) = MLP([flatten(x), fourier(x), embed(t)]).
+//!
+//! The optional Fourier features `[sin(Bx), cos(Bx)]` (Tancik et al. 2020,
+//! B fixed, Gaussian with standard deviation `fourier_scale`) let the network
+//! fit fields that change quickly in x, such as a checkerboard on the sphere
+//! or the torus, which a plain MLP of the coordinates learns very slowly.
 
 use candle_core::{DType, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -20,7 +25,21 @@ pub struct MlpConfig {
     pub activation: Activation,
     /// Time embedding concatenated to the input.
     pub time_embedding: TimeEmbeddingConfig,
+    /// Number of random Fourier features of x (0: none); the input gains
+    /// `2 · fourier_features` values.
+    #[serde(default)]
+    pub fourier_features: usize,
+    /// Standard deviation of the Fourier frequencies B.
+    #[serde(default = "default_fourier_scale")]
+    pub fourier_scale: f64,
 }
+
+fn default_fourier_scale() -> f64 {
+    4.0
+}
+
+/// Seed of the fixed Fourier frequencies (part of the architecture, not of a run).
+const FOURIER_SEED: u64 = 0x466F_7572_6965_72;
 
 impl Default for MlpConfig {
     fn default() -> Self {
@@ -29,6 +48,8 @@ impl Default for MlpConfig {
             depth: 3,
             activation: Activation::Silu,
             time_embedding: TimeEmbeddingConfig::default(),
+            fourier_features: 0,
+            fourier_scale: default_fourier_scale(),
         }
     }
 }
@@ -37,7 +58,7 @@ impl MlpConfig {
     /// Number of parameters for samples of `dim` values (computed, nothing is built).
     pub fn param_count(&self, dim: usize) -> usize {
         let (w, d) = (self.width, self.depth);
-        let first = (dim + self.time_embedding.out_dim()) * w + w;
+        let first = (dim + 2 * self.fourier_features + self.time_embedding.out_dim()) * w + w;
         let hidden = d.saturating_sub(1) * (w * w + w);
         first + hidden + w * dim + dim
     }
@@ -56,6 +77,18 @@ impl MlpConfig {
                 self.depth
             )));
         }
+        if self.fourier_features > 4096 {
+            return Err(Error::config("at most 4096 Fourier features"));
+        }
+        if !(self.fourier_scale.is_finite()
+            && self.fourier_scale > 0.0
+            && self.fourier_scale <= 1e3)
+        {
+            return Err(Error::config(format!(
+                "Fourier scale must be in (0, 1000], got {}",
+                self.fourier_scale
+            )));
+        }
         if self.time_embedding.frequencies > 1024 {
             return Err(Error::config("time embedding: at most 1024 frequencies"));
         }
@@ -68,6 +101,8 @@ impl MlpConfig {
 pub struct Mlp {
     cfg: MlpConfig,
     embed: TimeEmbedding,
+    /// Fourier frequencies transposed, `(dim, fourier_features)`.
+    fourier: Option<Tensor>,
     layers: Vec<Linear>,
 }
 
@@ -82,15 +117,34 @@ impl Mlp {
             )));
         }
         let embed = TimeEmbedding::new(cfg.time_embedding, vb.device())?;
+        let fourier = if cfg.fourier_features > 0 {
+            let mut rng = crate::rng::stream_rng(FOURIER_SEED, crate::rng::Stream::Init, 0);
+            let b: Vec<f32> = crate::rng::gaussian(dim * cfg.fourier_features, &mut rng)
+                .into_iter()
+                .map(|v| v * cfg.fourier_scale as f32)
+                .collect();
+            Some(Tensor::from_vec(
+                b,
+                (dim, cfg.fourier_features),
+                vb.device(),
+            )?)
+        } else {
+            None
+        };
         let mut layers = Vec::with_capacity(cfg.depth + 1);
-        let mut fan_in = dim + cfg.time_embedding.out_dim();
+        let mut fan_in = dim + 2 * cfg.fourier_features + cfg.time_embedding.out_dim();
         let vb = vb.pp("layers");
         for i in 0..cfg.depth {
             layers.push(candle_nn::linear(fan_in, cfg.width, vb.pp(i))?);
             fan_in = cfg.width;
         }
         layers.push(candle_nn::linear(fan_in, dim, vb.pp(cfg.depth))?);
-        Ok(Mlp { cfg, embed, layers })
+        Ok(Mlp {
+            cfg,
+            embed,
+            fourier,
+            layers,
+        })
     }
 
     /// The hyperparameters.
@@ -104,7 +158,14 @@ impl VelocityField for Mlp {
         let dtype = x.dtype();
         let batch = x.dim(0)?;
         let xf = x.to_dtype(DType::F32)?.reshape((batch, ()))?;
-        let mut h = Tensor::cat(&[&xf, &self.embed.forward(t)?], 1)?;
+        let te = self.embed.forward(t)?;
+        let mut h = match &self.fourier {
+            Some(b) => {
+                let z = xf.matmul(b)?;
+                Tensor::cat(&[&xf, &z.sin()?, &z.cos()?, &te], 1)?
+            }
+            None => Tensor::cat(&[&xf, &te], 1)?,
+        };
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
             h = if i > 0 && self.cfg.activation == Activation::Silu {

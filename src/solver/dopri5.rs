@@ -77,7 +77,7 @@ pub(super) fn integrate(
     let span = how.t1 - how.t0;
     let dir = if span < 0.0 { -1.0 } else { 1.0 };
     let mut t = how.t0;
-    let mut x = x_init.clone();
+    let mut x = how.retract(x_init.clone())?;
     let mut times = Vec::new();
     let mut states = Vec::new();
     if how.keep_intermediates {
@@ -131,7 +131,7 @@ pub(super) fn integrate(
             let xi = combo(&x, hs, a, &k)?;
             k.push(f.eval(&xi, t + c * hs)?);
         }
-        let x_new = combo(&x, hs, &B, &k)?;
+        let x_new = how.retract(combo(&x, hs, &B, &k)?)?;
         let t_new = if last { how.t1 } else { t + hs };
         let k7 = f.eval(&x_new, t_new)?;
         k.push(k7.clone());

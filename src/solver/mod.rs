@@ -13,8 +13,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::flow::Manifold;
 use crate::model::VelocityField;
 use crate::{Error, Result};
+
+/// A velocity field projected onto a manifold's tangent spaces.
+pub struct Tangent<'a> {
+    field: &'a dyn VelocityField,
+    manifold: Manifold,
+}
+
+impl<'a> Tangent<'a> {
+    /// Wraps `field`: its velocity at x becomes the tangent part at x.
+    pub fn new(field: &'a dyn VelocityField, manifold: Manifold) -> Self {
+        Tangent { field, manifold }
+    }
+}
+
+impl VelocityField for Tangent<'_> {
+    fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let v = self.field.velocity(x, t)?;
+        self.manifold.project_tangents(x, &v)
+    }
+}
 
 /// The integration method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -172,6 +193,10 @@ pub struct OdeSolution {
 /// Where and how to integrate.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Integration<'a> {
+    /// Integrate on this manifold (Riemannian flow matching): every velocity is
+    /// projected onto the tangent space at its point, and every stage and step
+    /// is projected back onto the manifold (a retraction). `None`: flat R^d.
+    pub manifold: Option<Manifold>,
     /// Start time.
     pub t0: f64,
     /// End time (may be smaller than `t0`: integration runs backwards).
@@ -198,6 +223,20 @@ impl Integration<'_> {
             t0: 1.0,
             t1: 0.0,
             ..Default::default()
+        }
+    }
+
+    /// The same integration on `manifold` (or flat for `None`).
+    pub fn on(mut self, manifold: Option<Manifold>) -> Self {
+        self.manifold = manifold;
+        self
+    }
+
+    /// `x` projected onto the manifold (unchanged when flat).
+    pub(crate) fn retract(&self, x: Tensor) -> Result<Tensor> {
+        match self.manifold {
+            Some(m) => m.project_points(&x),
+            None => Ok(x),
         }
     }
 
@@ -267,12 +306,22 @@ pub fn integrate(
     how: &Integration<'_>,
 ) -> Result<OdeSolution> {
     cfg.validate()?;
+    let tangent;
+    let field: &dyn VelocityField = match how.manifold {
+        Some(m) => {
+            tangent = Tangent::new(field, m);
+            &tangent
+        }
+        None => field,
+    };
     if cfg.kind == SolverKind::Dopri5 {
         return dopri5::integrate(field, x_init, cfg, how);
     }
     let mut f = Counted::new(field);
     let n = cfg.steps;
-    let mut x = x_init.clone();
+    let mut x = how.retract(x_init.clone())?;
+    // A stage point x + h k, back on the manifold.
+    let stage = |x: &Tensor, h: f64, k: &Tensor| how.retract(axpy(x, h, k)?);
     let mut times = Vec::new();
     let mut states = Vec::new();
     if how.keep_intermediates {
@@ -285,25 +334,25 @@ pub fn integrate(
         let tb = grid_time(how.t0, how.t1, k + 1, n);
         let h = tb - ta;
         x = match cfg.kind {
-            SolverKind::Euler => axpy(&x, h, &f.eval(&x, ta)?)?,
+            SolverKind::Euler => stage(&x, h, &f.eval(&x, ta)?)?,
             SolverKind::Midpoint => {
                 let k1 = f.eval(&x, ta)?;
-                let k2 = f.eval(&axpy(&x, 0.5 * h, &k1)?, ta + 0.5 * h)?;
-                axpy(&x, h, &k2)?
+                let k2 = f.eval(&stage(&x, 0.5 * h, &k1)?, ta + 0.5 * h)?;
+                stage(&x, h, &k2)?
             }
             SolverKind::Heun => {
                 let k1 = f.eval(&x, ta)?;
-                let k2 = f.eval(&axpy(&x, h, &k1)?, tb)?;
-                axpy(&x, 0.5 * h, &(k1 + k2)?)?
+                let k2 = f.eval(&stage(&x, h, &k1)?, tb)?;
+                stage(&x, 0.5 * h, &(k1 + k2)?)?
             }
             SolverKind::Rk4 => {
                 let tm = ta + 0.5 * h;
                 let k1 = f.eval(&x, ta)?;
-                let k2 = f.eval(&axpy(&x, 0.5 * h, &k1)?, tm)?;
-                let k3 = f.eval(&axpy(&x, 0.5 * h, &k2)?, tm)?;
-                let k4 = f.eval(&axpy(&x, h, &k3)?, tb)?;
+                let k2 = f.eval(&stage(&x, 0.5 * h, &k1)?, tm)?;
+                let k3 = f.eval(&stage(&x, 0.5 * h, &k2)?, tm)?;
+                let k4 = f.eval(&stage(&x, h, &k3)?, tb)?;
                 let sum = ((k1 + k4)? + (k2 + k3)?.affine(2.0, 0.0)?)?;
-                axpy(&x, h / 6.0, &sum)?
+                stage(&x, h / 6.0, &sum)?
             }
             SolverKind::Dopri5 => return Err(Error::config("unreachable: dopri5 is adaptive")),
         };

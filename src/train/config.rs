@@ -159,6 +159,10 @@ impl Default for TrainConfig {
     }
 }
 
+/// Fourier features of the MLP's input for data on a manifold (see
+/// [`crate::model::MlpConfig::fourier_features`]).
+pub const MANIFOLD_FOURIER_FEATURES: usize = 64;
+
 /// Classes of MNIST (the digits), which a UNet for MNIST is conditioned on by default.
 pub const MNIST_CLASSES: usize = 10;
 
@@ -166,10 +170,14 @@ impl TrainConfig {
     /// This config moved to `dataset`. Switching between 2D points and images
     /// also switches the model (MLP, or a UNet conditioned on the digits), the
     /// batch size and the steps to that kind of data's defaults (batch 128 and
-    /// 2000 steps for images); the seed and every other setting stay.
+    /// 2000 steps for images). Moving onto a manifold makes the source uniform
+    /// on it, with independent pairs and the geodesic (cond-ot) path; moving
+    /// off one restores the Gaussian. The seed and every other setting stay.
     pub fn with_dataset(&self, dataset: DatasetKind) -> TrainConfig {
         let mut c = self.clone();
         let (was_image, is_image) = (c.dataset.is_image(), dataset.is_image());
+        let was_manifold = c.dataset.manifold().is_some();
+        let manifold = dataset.manifold();
         c.dataset = dataset;
         if is_image && !was_image {
             c.model = ModelConfig::Unet(UnetConfig {
@@ -184,6 +192,26 @@ impl TrainConfig {
             c.batch_size = d.batch_size;
             c.steps = d.steps;
         }
+        match manifold {
+            Some(manifold) => {
+                c.source = Source::Uniform { manifold };
+                if let ModelConfig::Mlp(m) = &mut c.model
+                    && !was_manifold
+                {
+                    m.fourier_features = MANIFOLD_FOURIER_FEATURES;
+                }
+                c.coupling = Coupling::Independent;
+                c.scheduler = Scheduler::CondOt;
+                c.dequantize = false;
+            }
+            None if was_manifold || c.source.manifold().is_some() => {
+                c.source = Source::Gaussian;
+                if let ModelConfig::Mlp(m) = &mut c.model {
+                    m.fourier_features = 0;
+                }
+            }
+            None => {}
+        }
         c
     }
 
@@ -192,6 +220,7 @@ impl TrainConfig {
         if let DatasetKind::Toy2d { toy } = &self.dataset {
             toy.validate()?;
         }
+        self.validate_manifold()?;
         self.model.validate()?;
         self.scheduler.validate()?;
         self.optimizer.validate()?;
@@ -230,6 +259,47 @@ impl TrainConfig {
             return Err(Error::config(
                 "held-out size must be at least 1 when held-out loss is on",
             ));
+        }
+        Ok(())
+    }
+
+    /// A manifold dataset needs the uniform source on its manifold, the
+    /// geodesic (cond-ot) path, independent pairs and an MLP; other data must
+    /// not use a manifold source.
+    fn validate_manifold(&self) -> Result<()> {
+        let Some(m) = self.dataset.manifold() else {
+            if let Some(m) = self.source.manifold() {
+                return Err(Error::config(format!(
+                    "the uniform source on the {} is only for data on the {0}",
+                    m.name()
+                )));
+            }
+            return Ok(());
+        };
+        let set = self.dataset.name();
+        if self.source.manifold() != Some(m) {
+            return Err(Error::config(format!(
+                "{set} lies on the {}: its source must be uniform-{0}, not {}",
+                m.name(),
+                self.source.name()
+            )));
+        }
+        if self.scheduler != Scheduler::CondOt {
+            return Err(Error::config(format!(
+                "{set} trains on the geodesic path, whose scheduler is cond-ot (not {})",
+                self.scheduler.name()
+            )));
+        }
+        if self.coupling != Coupling::Independent {
+            return Err(Error::config(format!(
+                "{set}: only independent pairs are supported on a manifold"
+            )));
+        }
+        if !matches!(self.model, ModelConfig::Mlp(_)) {
+            return Err(Error::config(format!("{set} needs an MLP")));
+        }
+        if let DatasetKind::Manifold { set } = &self.dataset {
+            set.validate()?;
         }
         Ok(())
     }

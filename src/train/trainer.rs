@@ -1,5 +1,8 @@
 //! The training loop of conditional flow matching:
 //! loss = E_{t, x_0, x_1} ‖v_θ(x_t, t) − (d_alpha_t x_1 + d_sigma_t x_0)‖².
+//! On a manifold (Riemannian flow matching) x_t lies on the geodesic from x_0
+//! to x_1, the target is `log_{x_t}(x_1) / (1 − t)`, and the network's output
+//! is projected onto the tangent space at x_t before the loss.
 //!
 //! [`Trainer::step`] runs one step; [`Trainer::run`] loops and reports every
 //! step through a callback that can stop it, so the CLI's progress bar and the
@@ -449,17 +452,28 @@ impl Trainer {
     }
 
     fn loss(&self, model: &dyn FlowModel, b: &Batch) -> Result<Tensor> {
-        let ps = self.path.sample(&b.x_0, &b.x_1, &b.t)?;
+        let manifold = self.cfg.source.manifold();
+        let (x_t, target) = match manifold {
+            Some(m) => m.geodesic_batch(&b.x_0, &b.x_1, &b.t)?,
+            None => {
+                let ps = self.path.sample(&b.x_0, &b.x_1, &b.t)?;
+                (ps.x_t, ps.dx_t)
+            }
+        };
         let tt = Tensor::from_vec(
             b.t.iter().map(|&v| v as f32).collect::<Vec<_>>(),
             b.t.len(),
             &self.device,
         )?;
         let v = match &b.labels {
-            Some(l) => model.velocity_with_labels(&ps.x_t, &tt, l)?,
-            None => model.velocity(&ps.x_t, &tt)?,
+            Some(l) => model.velocity_with_labels(&x_t, &tt, l)?,
+            None => model.velocity(&x_t, &tt)?,
         };
-        Ok((v - ps.dx_t)?.sqr()?.mean_all()?)
+        let v = match manifold {
+            Some(m) => m.project_tangents(&x_t, &v)?,
+            None => v,
+        };
+        Ok((v - target)?.sqr()?.mean_all()?)
     }
 
     /// The loss of the training weights on the fixed held-out batch. It is

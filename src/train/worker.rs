@@ -132,6 +132,15 @@ pub enum Command {
         /// Data-space bounds `[x_min, x_max, y_min, y_max]`.
         bounds: [f64; 4],
     },
+    /// Evaluate the velocity field of the sampling model at points spread over
+    /// the manifold (manifold data only), answered by [`Event::TangentField`].
+    TangentField {
+        /// The time.
+        t: f64,
+        /// About this many points (a Fibonacci lattice on the sphere, a square
+        /// grid of angles on the torus).
+        n: usize,
+    },
     /// Measure sample quality against NFE for every solver (2D data),
     /// answered by [`Event::Quality`].
     Quality,
@@ -162,6 +171,49 @@ pub struct FieldSnapshot {
     pub points: Vec<[f32; 2]>,
     /// v(x, t) at each point, in data units per unit time.
     pub vectors: Vec<[f32; 2]>,
+}
+
+/// The velocity field at points on a manifold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TangentFieldSnapshot {
+    /// The time.
+    pub t: f64,
+    /// The manifold.
+    pub manifold: crate::flow::Manifold,
+    /// The points, flattened `(n, ambient_dim)`.
+    pub points: Vec<f32>,
+    /// The tangent velocity at each point, flattened `(n, ambient_dim)`.
+    pub vectors: Vec<f32>,
+}
+
+/// About `n` points spread evenly over `m`, flattened `(n', ambient_dim)`: a
+/// Fibonacci lattice on the sphere, a square grid of angles on the torus.
+pub fn spread_points(m: crate::flow::Manifold, n: usize) -> Vec<f32> {
+    use std::f64::consts::PI;
+    match m {
+        crate::flow::Manifold::Sphere => {
+            let golden = PI * (3.0 - 5f64.sqrt());
+            (0..n)
+                .flat_map(|i| {
+                    let z = 1.0 - (2.0 * i as f64 + 1.0) / n as f64;
+                    let r = (1.0 - z * z).max(0.0).sqrt();
+                    let (s, c) = (golden * i as f64).sin_cos();
+                    [(r * c) as f32, (r * s) as f32, z as f32]
+                })
+                .collect()
+        }
+        crate::flow::Manifold::Torus => {
+            let k = ((n as f64).sqrt().round() as usize).max(1);
+            let step = 2.0 * PI / k as f64;
+            (0..k * k)
+                .flat_map(|i| {
+                    let a = -PI + step * ((i % k) as f64 + 0.5);
+                    let b = -PI + step * ((i / k) as f64 + 0.5);
+                    crate::flow::manifold::torus_point(a, b)
+                })
+                .collect()
+        }
+    }
 }
 
 /// The learned density on a grid, in data space.
@@ -220,6 +272,8 @@ pub enum Event {
     Samples(Box<SampleSnapshot>),
     /// The velocity field asked for by [`Command::Field`].
     Field(Box<FieldSnapshot>),
+    /// The velocity field asked for by [`Command::TangentField`].
+    TangentField(Box<TangentFieldSnapshot>),
     /// Training stopped stepping (pause, end of a Step(N), or the step limit).
     Paused {
         /// Steps done.
@@ -552,6 +606,10 @@ impl State {
                     report: Box::new(report),
                 });
             }
+            Command::TangentField { t, n } => {
+                let f = self.tangent_field(t, n)?;
+                self.outbox.push_back(Event::TangentField(Box::new(f)));
+            }
             Command::Density { n, bounds } => {
                 let d = self.density(n, bounds)?;
                 self.outbox.push_back(Event::Density(Box::new(d)));
@@ -592,6 +650,31 @@ impl State {
             .map(|[a, b]| [a * std.scale, b * std.scale])
             .collect();
         Ok(FieldSnapshot { t, points, vectors })
+    }
+
+    fn tangent_field(&mut self, t: f64, n: usize) -> Result<TangentFieldSnapshot> {
+        let tr = self.trainer()?;
+        let Some(m) = tr.dataset().manifold() else {
+            return Err(Error::config(
+                "the tangent field view is for data on a manifold",
+            ));
+        };
+        let points = spread_points(m, n.clamp(4, 4096));
+        let d = m.ambient_dim();
+        let count = points.len() / d;
+        let x = candle_core::Tensor::from_vec(points.clone(), (count, d), tr.device())?;
+        let tt = candle_core::Tensor::full(t as f32, count, tr.device())?;
+        let v = tr.sampling_model().velocity(&x, &tt)?;
+        let vectors = m
+            .project_tangents(&x, &v)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(TangentFieldSnapshot {
+            t,
+            manifold: m,
+            points,
+            vectors,
+        })
     }
 
     fn density(&mut self, n: usize, bounds: [f64; 4]) -> Result<DensitySnapshot> {
@@ -701,7 +784,9 @@ impl State {
             .noise(n, &shape, tr.config().seed, 1, tr.device())?;
         let how = Integration {
             stop: Some(&cancel),
-            ..Integration::forward().with_intermediates()
+            ..Integration::forward()
+                .with_intermediates()
+                .on(tr.dataset().manifold())
         };
         let model = tr.sampling_model();
         let labels = if image {

@@ -2,7 +2,7 @@
 //! geodesic endpoints and constant speed, projections, uniform sampling.
 
 use flowlab::flow::Manifold;
-use flowlab::flow::manifold::wrap;
+use flowlab::flow::manifold::{torus_angles, torus_point, wrap};
 use flowlab::rng::{Stream, stream_rng};
 
 fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
@@ -46,9 +46,10 @@ fn exp_and_log_round_trip_and_geodesics_hit_their_endpoints() {
                     m.max_off_manifold(&g.iter().map(|&a| a as f32).collect::<Vec<_>>()) < 1e-6
                 );
             }
-            // The log map is tangent.
-            if m == Manifold::Sphere {
-                let dot: f64 = x.iter().zip(&v).map(|(a, b)| a * b).sum();
+            // The log map is tangent (block by block).
+            let (_, len) = m.blocks();
+            for (xb, vb) in x.chunks(len).zip(v.chunks(len)) {
+                let dot: f64 = xb.iter().zip(vb).map(|(a, b)| a * b).sum();
                 assert!(dot.abs() < 1e-9);
             }
         }
@@ -60,14 +61,25 @@ fn exp_and_log_round_trip_and_geodesics_hit_their_endpoints() {
         &[std::f64::consts::FRAC_PI_2, 0.0, 0.0],
         1e-12
     ));
-    assert!(close(
-        &Manifold::Torus.log(&[3.0, -3.0], &[-3.0, 3.0]),
-        &[
-            2.0 * std::f64::consts::PI - 6.0,
-            6.0 - 2.0 * std::f64::consts::PI
-        ],
-        1e-12
-    ));
+    // On the torus the log map is the wrapped angle difference, carried by the
+    // circles' unit tangents (−sin, cos).
+    let tp = |a: f64, b: f64| torus_point(a, b).map(f64::from).to_vec();
+    let (x, y) = (tp(3.0, -3.0), tp(-3.0, 3.0));
+    let v = Manifold::Torus.log(&x, &y);
+    let (d1, d2) = (
+        2.0 * std::f64::consts::PI - 6.0,
+        6.0 - 2.0 * std::f64::consts::PI,
+    );
+    let want = [
+        -3f64.sin() * d1,
+        3f64.cos() * d1,
+        -(-3f64).sin() * d2,
+        (-3f64).cos() * d2,
+    ];
+    assert!(close(&v, &want, 1e-6), "{v:?} vs {want:?}");
+    assert!((Manifold::Torus.distance(&x, &y) - (d1 * d1 + d2 * d2).sqrt()).abs() < 1e-6);
+    let back = torus_angles(&torus_point(3.0, -3.0));
+    assert!((f64::from(back[0]) - 3.0).abs() < 1e-6 && (f64::from(back[1]) + 3.0).abs() < 1e-6);
     assert_eq!(wrap(std::f64::consts::PI), -std::f64::consts::PI);
 }
 
@@ -103,22 +115,34 @@ fn uniform_points_are_uniform_and_projections_land_on_the_manifold() {
             "{mean} {var}"
         );
     }
+    // Uniform on the torus: each angle uniform (a quarter of the mass per quadrant of φ).
     let t = points(Manifold::Torus, 20_000, 6);
-    let inside = t
+    let angles: Vec<[f32; 2]> = t
         .iter()
-        .filter(|p| p[0].abs() < std::f64::consts::FRAC_PI_2)
-        .count();
-    assert!((inside as f64 / 20_000.0 - 0.5).abs() < 0.02);
+        .map(|p| torus_angles(&p.iter().map(|&a| a as f32).collect::<Vec<_>>()))
+        .collect();
+    for q in 0..4 {
+        let lo = -std::f64::consts::PI + q as f64 * std::f64::consts::FRAC_PI_2;
+        let share = angles
+            .iter()
+            .filter(|a| (lo..lo + std::f64::consts::FRAC_PI_2).contains(&f64::from(a[0])))
+            .count() as f64
+            / 20_000.0;
+        assert!((share - 0.25).abs() < 0.015, "quadrant {q}: {share}");
+    }
     let p = Manifold::Sphere.project_point(&[3.0, 4.0, 0.0]);
     assert!(close(&p, &[0.6, 0.8, 0.0], 1e-12));
     let v = Manifold::Sphere.project_tangent(&p, &[1.0, 1.0, 1.0]);
     assert!((v[0] * 0.6 + v[1] * 0.8).abs() < 1e-12);
     assert!(close(
-        &Manifold::Torus.project_point(&[7.0, -4.0]),
-        &[
-            7.0 - 2.0 * std::f64::consts::PI,
-            -4.0 + 2.0 * std::f64::consts::PI
-        ],
+        &Manifold::Torus.project_point(&[3.0, 4.0, 0.0, -2.0]),
+        &[0.6, 0.8, 0.0, -1.0],
+        1e-12
+    ));
+    let v = Manifold::Torus.project_tangent(&[0.6, 0.8, 0.0, -1.0], &[1.0, 1.0, 1.0, 1.0]);
+    assert!(close(
+        &v,
+        &[1.0 - 1.4 * 0.6, 1.0 - 1.4 * 0.8, 1.0, 0.0],
         1e-12
     ));
 }
@@ -162,7 +186,8 @@ fn manifold_datasets_lie_on_their_manifold_with_the_right_shape() {
     let cb = ManifoldSet::TorusCheckerboard;
     let pts = cb.draw_n(8000, &mut stream_rng(9, Stream::Eval, 0));
     let mut counts = [0usize; 16];
-    for p in pts.chunks_exact(2) {
+    for p in pts.chunks_exact(4) {
+        let p = torus_angles(p);
         let cell = |a: f32| {
             (((f64::from(a) + std::f64::consts::PI) / (2.0 * std::f64::consts::PI) * 4.0) as usize)
                 .min(3)
@@ -175,6 +200,6 @@ fn manifold_datasets_lie_on_their_manifold_with_the_right_shape() {
         dark.iter().all(|&c| (c as f64 - 1000.0).abs() < 150.0),
         "{counts:?}"
     );
-    assert!(!cb.on_support(&[-2.5, -0.5]), "a light square");
-    assert!(cb.on_support(&[-2.5, -2.5]), "a dark square");
+    assert!(!cb.on_support(&torus_point(-2.5, -0.5)), "a light square");
+    assert!(cb.on_support(&torus_point(-2.5, -2.5)), "a dark square");
 }
