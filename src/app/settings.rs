@@ -1,7 +1,7 @@
 //! The left settings panel. Settings marked (new run) need a new run; the others are live.
 
 use super::FlowLabApp;
-use crate::data::{DatasetKind, Toy2d};
+use crate::data::{DatasetKind, ManifoldSet, Toy2d};
 use crate::flow::{Coupling, Scheduler, Source, TimeSampling};
 use crate::model::{Activation, ModelConfig};
 use crate::solver::SolverKind;
@@ -37,11 +37,46 @@ impl FlowLabApp {
                         self.config = self.config.with_dataset(DatasetKind::Mnist { dir: None });
                     }
                 });
+                ui.separator();
+                for set in ManifoldSet::ALL {
+                    let hover = match set {
+                        ManifoldSet::SphereVmf { .. } => {
+                            "Four von Mises-Fisher clusters on the sphere"
+                        }
+                        ManifoldSet::SphereCheckerboard => {
+                            "A checkerboard of 8 longitude x 4 latitude cells on the sphere"
+                        }
+                        ManifoldSet::TorusCheckerboard => {
+                            "A 4x4 checkerboard on the torus (angles wrap at ±π)"
+                        }
+                        ManifoldSet::TorusProtein => {
+                            "Wrapped Gaussians where protein backbone angles (φ, ψ) gather: β-sheet and helices"
+                        }
+                    };
+                    if ui
+                        .selectable_label(current == set.name(), set.name())
+                        .on_hover_text(hover)
+                        .clicked()
+                    {
+                        self.config = self.config.with_dataset(DatasetKind::Manifold { set });
+                    }
+                }
             })
             .response
             .on_hover_text(
-                "The distribution to learn: a 2D set, or MNIST digits (needs a new run)",
+                "The distribution to learn: a 2D set, MNIST digits, or a distribution on the sphere or the torus (needs a new run)",
             );
+        if let DatasetKind::Manifold {
+            set: ManifoldSet::SphereVmf { kappa },
+        } = &mut self.config.dataset
+        {
+            ui.add(
+                egui::Slider::new(kappa, 1.0..=500.0)
+                    .logarithmic(true)
+                    .text("concentration κ"),
+            )
+            .on_hover_text("How tight the clusters are");
+        }
         if let DatasetKind::Toy2d { toy } = &mut self.config.dataset
             && let Some(mut noise) = toy.noise()
             && ui
@@ -82,9 +117,18 @@ impl FlowLabApp {
                     })
                     .response
                     .on_hover_text("Nonlinearity between hidden layers (needs a new run)");
+                ui.add(egui::Slider::new(&mut m.fourier_features, 0..=256).text("Fourier features"))
+                    .on_hover_text(
+                        "Inputs sin(Bx), cos(Bx) for random frequencies B: lets the network follow sharp patterns such as checkerboards on a manifold (0: off)",
+                    );
+                let dim = self
+                    .config
+                    .dataset
+                    .manifold()
+                    .map_or(2, |m| m.ambient_dim());
                 ui.label(format!(
                     "{} parameters with these settings",
-                    m.param_count(2)
+                    m.param_count(dim)
                 ));
             }
             ModelConfig::Unet(u) => {
@@ -147,6 +191,18 @@ impl FlowLabApp {
 
         ui.separator();
         ui.heading("Path (new run)");
+        if let Some(m) = self.config.dataset.manifold() {
+            ui.label(format!(
+                "Geodesic path on the {0}: x_t = exp_x0(t log_x0(x1)), from the uniform distribution on the {0}, with independent pairs.",
+                m.name()
+            ));
+        } else {
+            self.path_settings_ui(ui);
+        }
+        self.optimizer_ui(ui);
+    }
+
+    fn path_settings_ui(&mut self, ui: &mut egui::Ui) {
         egui::ComboBox::from_label("scheduler")
             .selected_text(self.config.scheduler.name())
             .show_ui(ui, |ui| {
@@ -219,7 +275,9 @@ impl FlowLabApp {
             )
             .on_hover_text("Only pair noise with digits of the same class");
         }
+    }
 
+    fn optimizer_ui(&mut self, ui: &mut egui::Ui) {
         ui.separator();
         ui.heading("Optimizer");
         let mut lr = self.live.lr;
@@ -322,24 +380,26 @@ impl FlowLabApp {
             ui.add(egui::Slider::new(&mut self.live.solver.steps, 1..=100).text("steps"))
                 .on_hover_text("Fixed steps from t = 0 to 1 on the grid t_k = k/N");
         }
-        let trained = self.run_config.as_ref().map(|c| c.scheduler);
-        let shown = match (self.live.sample_scheduler, trained) {
-            (Some(s), _) => s.name().to_string(),
-            (None, Some(t)) => format!("as trained ({})", t.name()),
-            (None, None) => "as trained".to_string(),
-        };
-        egui::ComboBox::from_label("sample as")
-            .selected_text(shown)
-            .show_ui(ui, |ui| {
-                ui.selectable_value(&mut self.live.sample_scheduler, None, "as trained");
-                for s in Scheduler::ALL {
-                    ui.selectable_value(&mut self.live.sample_scheduler, Some(s), s.name());
-                }
-            })
-            .response
-            .on_hover_text(
-                "Sample as if the model had been trained with another scheduler: the same data at t = 1, other paths (scheduler change by SNR matching)",
-            );
+        if self.run_manifold().is_none() {
+            let trained = self.run_config.as_ref().map(|c| c.scheduler);
+            let shown = match (self.live.sample_scheduler, trained) {
+                (Some(s), _) => s.name().to_string(),
+                (None, Some(t)) => format!("as trained ({})", t.name()),
+                (None, None) => "as trained".to_string(),
+            };
+            egui::ComboBox::from_label("sample as")
+                .selected_text(shown)
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.live.sample_scheduler, None, "as trained");
+                    for s in Scheduler::ALL {
+                        ui.selectable_value(&mut self.live.sample_scheduler, Some(s), s.name());
+                    }
+                })
+                .response
+                .on_hover_text(
+                    "Sample as if the model had been trained with another scheduler: the same data at t = 1, other paths (scheduler change by SNR matching)",
+                );
+        }
         if let Some(s) = &self.snapshot {
             ui.label(format!("NFE {}", s.nfe));
         }

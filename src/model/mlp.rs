@@ -39,7 +39,7 @@ fn default_fourier_scale() -> f64 {
 }
 
 /// Seed of the fixed Fourier frequencies (part of the architecture, not of a run).
-const FOURIER_SEED: u64 = 0x466F_7572_6965_72;
+const FOURIER_SEED: u64 = 0x0046_6F75_7269_6572;
 
 impl Default for MlpConfig {
     fn default() -> Self {

@@ -821,7 +821,7 @@ impl State {
             let x = x0.narrow(0, start, len)?;
             let trained = tr.config().scheduler;
             let retimed = |f: &dyn crate::model::VelocityField| match live.sample_scheduler {
-                Some(target) if target != trained => integrate(
+                Some(target) if target != trained && how.manifold.is_none() => integrate(
                     &crate::flow::SchedulerChange::new(f, trained, target),
                     &x,
                     &live.solver,

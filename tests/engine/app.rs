@@ -538,3 +538,106 @@ fn sampling_as_another_scheduler_changes_the_paths_not_the_result() {
         "the same data at t = 1: {d_end} vs {d_mid}"
     );
 }
+
+#[test]
+fn manifold_runs_show_the_torus_and_a_turnable_globe() {
+    use flowlab::app::manifold_view::{Globe, split_at_wraps, torus_angular};
+    use flowlab::flow::{Manifold, Source};
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.step == 4000 && a.snapshot.is_some()
+    });
+    h.get_by_role_and_label(Role::ComboBox, "dataset").click();
+    h.run_steps(3);
+    h.get_by_label("torus-checkerboard").click();
+    h.run_steps(3);
+    assert_eq!(
+        h.state().config.source,
+        Source::Uniform {
+            manifold: Manifold::Torus
+        }
+    );
+    h.state_mut().config.steps = 200;
+    h.get_by_label("Train").click();
+    h.run_steps(4);
+    h.get_by_label("Start a new run").click();
+    step_until(&mut h, "the torus run's preview", |a| {
+        a.run_manifold() == Some(Manifold::Torus)
+            && a.snapshot.as_ref().is_some_and(|s| s.sample_shape == [4])
+    });
+    // The view shows the particles on the torus, the data and the tangent field.
+    h.get_by_label("data").click();
+    h.get_by_label("velocity field").click();
+    h.get_by_label("trajectories").click();
+    step_until(&mut h, "the tangent field", |a| a.tangent_field.is_some());
+    let f = h.state().tangent_field.clone().expect("field");
+    assert_eq!(f.points.len(), 18 * 18 * 4);
+    for (p, v) in f.points.chunks_exact(4).zip(f.vectors.chunks_exact(4)) {
+        assert!(
+            (p[0] * v[0] + p[1] * v[1]).abs() < 1e-5,
+            "tangent to the first circle"
+        );
+        assert!(
+            (p[2] * v[2] + p[3] * v[3]).abs() < 1e-5,
+            "tangent to the second circle"
+        );
+    }
+    assert!(!h.state().manifold_data.is_empty());
+    h.state_mut().t = 0.5;
+    h.run_steps(2);
+    let pts = h.state().manifold_particles_at_t().expect("particles");
+    assert!(Manifold::Torus.max_off_manifold(&pts) < 1e-5);
+    let paths = h.state().manifold_paths_to_t();
+    assert!(!paths.is_empty() && paths.iter().all(|p| p.len() >= 2));
+    h.get_by_label("Pause").click();
+    step_until(&mut h, "the pause", |a| !a.running);
+
+    // Angular velocity of a tangent vector, and paths cut where they wrap.
+    let w = torus_angular(&[1.0, 0.0, 0.0, 1.0], &[0.0, 2.0, -3.0, 0.0]);
+    assert!(
+        (w[0] - 2.0).abs() < 1e-6 && (w[1] - 3.0).abs() < 1e-6,
+        "{w:?}"
+    );
+    let pieces = split_at_wraps(&[[3.0, 0.0], [3.1, 0.0], [-3.1, 0.0], [-3.0, 0.0]]);
+    assert_eq!(pieces.len(), 2);
+
+    // The globe: the default view shows the north pole on the near side, a
+    // drag turns it, and turning half way round brings the far side to the front.
+    let g = Globe::default();
+    assert!(g.view([0.0, 0.0, 1.0])[2] > 0.0);
+    let p = [0.6, 0.0, 0.8];
+    let v = g.view(p);
+    assert!(
+        (v.iter().map(|a| a * a).sum::<f64>() - 1.0).abs() < 1e-12,
+        "a rotation"
+    );
+    let mut turned = g;
+    turned.yaw += std::f64::consts::PI;
+    let front = [1.0, 0.0, 0.0];
+    assert!((g.view(front)[2] + turned.view(front)[2]).abs() < 1e-9);
+    let mut dragged = g;
+    dragged.drag(egui::vec2(50.0, -20.0));
+    assert!(
+        (dragged.yaw - g.yaw - 0.5).abs() < 1e-9 && (dragged.pitch - g.pitch + 0.2).abs() < 1e-9
+    );
+    // A sphere run: its preview is unit vectors.
+    h.get_by_role_and_label(Role::ComboBox, "dataset").click();
+    h.run_steps(3);
+    h.get_by_label("sphere-vmf").click();
+    h.run_steps(3);
+    h.state_mut().config.steps = 100;
+    h.get_by_label("Train").click();
+    h.run_steps(4);
+    if h.state().confirm_new_run {
+        h.get_by_label("Start a new run").click();
+    }
+    step_until(&mut h, "the sphere run's preview", |a| {
+        a.run_manifold() == Some(Manifold::Sphere)
+            && a.snapshot.as_ref().is_some_and(|s| s.sample_shape == [3])
+    });
+    let pts = h.state().manifold_particles_at_t().expect("particles");
+    assert!(Manifold::Sphere.max_off_manifold(&pts) < 1e-5);
+    h.get_by_label("Reset view").click();
+    h.run_steps(2);
+    assert_eq!(h.state().globe, Globe::default());
+}

@@ -631,3 +631,118 @@ fn likelihood_reports_nll_for_2d_and_bits_per_dim_for_images() {
     ]);
     assert!(err.contains("gaussian source"), "{err}");
 }
+
+#[test]
+fn manifold_datasets_train_sample_and_eval_on_the_command_line() {
+    let dir = temp_dir("cli-manifold");
+    let ck = dir.join("torus.safetensors");
+    let ck_s = ck.to_str().expect("path");
+    let out = ok(&[
+        "train",
+        "--dataset",
+        "torus-checkerboard",
+        "--steps",
+        "300",
+        "--batch",
+        "256",
+        "--seed",
+        "3",
+        "--out",
+        ck_s,
+    ]);
+    assert!(out.contains("% on the dark squares"), "{out}");
+    assert!(out.contains("largest distance off it"), "{out}");
+    // CSV of angles in [-pi, pi).
+    let csv = dir.join("torus.csv");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "-n",
+        "50",
+        "--out",
+        csv.to_str().expect("path"),
+    ]);
+    let text = std::fs::read_to_string(&csv).expect("csv");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("phi,psi"));
+    let values: Vec<f32> = lines
+        .flat_map(|l| {
+            l.split(',')
+                .map(|v| v.parse::<f32>().expect("number"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(values.len(), 100);
+    assert!(values.iter().all(|v| v.abs() <= std::f32::consts::PI));
+    // A PNG of the chart, and eval's table with the support share per solver.
+    ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "-n",
+        "200",
+        "--out",
+        dir.join("torus.png").to_str().expect("path"),
+    ]);
+    assert!(image::open(dir.join("torus.png")).is_ok());
+    let eval = ok(&["eval", "--checkpoint", ck_s, "-n", "200", "--steps", "4"]);
+    assert!(eval.contains("largest distance off the torus"), "{eval}");
+    assert_eq!(eval.matches("on the dark squares").count(), 5, "{eval}");
+    // The sphere: unit vectors x,y,z.
+    let sphere = dir.join("sphere.safetensors");
+    ok(&[
+        "train",
+        "--dataset",
+        "sphere-vmf",
+        "--steps",
+        "50",
+        "--batch",
+        "128",
+        "--out",
+        sphere.to_str().expect("path"),
+    ]);
+    let csv = dir.join("sphere.csv");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        sphere.to_str().expect("path"),
+        "-n",
+        "20",
+        "--solver",
+        "rk4",
+        "--steps",
+        "5",
+        "--out",
+        csv.to_str().expect("path"),
+    ]);
+    let text = std::fs::read_to_string(&csv).expect("csv");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("x,y,z"));
+    for l in lines {
+        let v: Vec<f32> = l.split(',').map(|v| v.parse().expect("number")).collect();
+        let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{l}");
+    }
+    // Flags that do not apply to a manifold are refused with a message.
+    let err = fails(&[
+        "train",
+        "--dataset",
+        "sphere-vmf",
+        "--scheduler",
+        "cosine",
+        "--out",
+        dir.join("x.safetensors").to_str().expect("path"),
+    ]);
+    assert!(err.contains("geodesic"), "{err}");
+    let err = fails(&[
+        "train",
+        "--dataset",
+        "moons",
+        "--source",
+        "uniform-torus",
+        "--out",
+        dir.join("y.safetensors").to_str().expect("path"),
+    ]);
+    assert!(err.contains("only for data on the torus"), "{err}");
+}

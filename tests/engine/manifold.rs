@@ -1,6 +1,7 @@
 //! Sphere and torus geometry against ground truth: exp/log round trips,
 //! geodesic endpoints and constant speed, projections, uniform sampling.
 
+use candle_core::{Device, Tensor};
 use flowlab::flow::Manifold;
 use flowlab::flow::manifold::{torus_angles, torus_point, wrap};
 use flowlab::rng::{Stream, stream_rng};
@@ -202,4 +203,249 @@ fn manifold_datasets_lie_on_their_manifold_with_the_right_shape() {
     );
     assert!(!cb.on_support(&torus_point(-2.5, -0.5)), "a light square");
     assert!(cb.on_support(&torus_point(-2.5, -2.5)), "a dark square");
+}
+
+/// `x M^T` for a fixed matrix `m` (row-major `d x d`): a linear field.
+fn linear_field(m: Vec<f32>, d: usize) -> impl Fn(&Tensor, &Tensor) -> flowlab::Result<Tensor> {
+    move |x: &Tensor, _t: &Tensor| {
+        let mt = Tensor::from_vec(m.clone(), (d, d), x.device())?.t()?;
+        Ok(x.matmul(&mt)?)
+    }
+}
+
+#[test]
+fn every_solver_stays_on_the_manifold_and_follows_an_analytic_rotation() {
+    use flowlab::solver::{Integration, SolverConfig, SolverKind, integrate};
+    let w = std::f32::consts::FRAC_PI_2; // a quarter turn about the polar axis by t = 1
+    // Rotation about z plus a radial part (0.5 x) that the tangent projection must remove.
+    let sphere = linear_field(vec![0.5, -w, 0.0, w, 0.5, 0.0, 0.0, 0.0, 0.5], 3);
+    // Constant angular velocities (1.3, -2.1) on the torus, plus a radial part 0.3 x.
+    let (a, b) = (1.3f32, -2.1f32);
+    let torus = linear_field(
+        vec![
+            0.3, -a, 0.0, 0.0, //
+            a, 0.3, 0.0, 0.0, //
+            0.0, 0.0, 0.3, -b, //
+            0.0, 0.0, b, 0.3,
+        ],
+        4,
+    );
+    let solvers = [
+        (SolverConfig::fixed(SolverKind::Euler, 200), 2e-2),
+        (SolverConfig::fixed(SolverKind::Midpoint, 20), 2e-3),
+        (SolverConfig::fixed(SolverKind::Heun, 20), 2e-3),
+        (SolverConfig::fixed(SolverKind::Rk4, 10), 1e-4),
+        (SolverConfig::dopri5(1e-6, 1e-6), 1e-4),
+    ];
+    for m in [Manifold::Sphere, Manifold::Torus] {
+        let d = m.ambient_dim();
+        let mut rng = stream_rng(11, Stream::Eval, 0);
+        let x0 = m.uniform(64, &mut rng);
+        // The exact end points.
+        let want: Vec<f32> = x0
+            .chunks_exact(d)
+            .flat_map(|p| match m {
+                Manifold::Sphere => {
+                    let (s, c) = w.sin_cos();
+                    vec![c * p[0] - s * p[1], s * p[0] + c * p[1], p[2]]
+                }
+                Manifold::Torus => {
+                    let [phi, psi] = torus_angles(p);
+                    torus_point(f64::from(phi + a), f64::from(psi + b)).to_vec()
+                }
+            })
+            .collect();
+        let x = Tensor::from_vec(x0.clone(), (64, d), &Device::Cpu).expect("tensor");
+        for (cfg, tol) in solvers {
+            let field: &dyn flowlab::model::VelocityField = match m {
+                Manifold::Sphere => &sphere,
+                Manifold::Torus => &torus,
+            };
+            let how = Integration::forward().with_intermediates().on(Some(m));
+            let sol = integrate(field, &x, &cfg, &how).expect("integrate");
+            for st in &sol.states {
+                let v = st
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("vec");
+                assert!(
+                    m.max_off_manifold(&v) < 1e-5,
+                    "{m:?} {} left the manifold by {}",
+                    cfg.describe(),
+                    m.max_off_manifold(&v)
+                );
+            }
+            let got = sol
+                .x
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("vec");
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(err < tol, "{m:?} {}: error {err} >= {tol}", cfg.describe());
+        }
+        // Without the manifold the radial part pushes the points off it.
+        let flat = integrate(
+            match m {
+                Manifold::Sphere => &sphere as &dyn flowlab::model::VelocityField,
+                Manifold::Torus => &torus,
+            },
+            &x,
+            &SolverConfig::fixed(SolverKind::Rk4, 10),
+            &Integration::forward(),
+        )
+        .expect("flat");
+        let v = flat
+            .x
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("vec");
+        assert!(
+            m.max_off_manifold(&v) > 0.1,
+            "the test field has a normal part"
+        );
+    }
+}
+
+#[test]
+fn riemannian_training_learns_the_torus_checkerboard() {
+    use flowlab::data::{DatasetKind, ManifoldSet};
+    use flowlab::sample::sample;
+    use flowlab::train::{TrainConfig, Trainer};
+    let set = ManifoldSet::TorusCheckerboard;
+    let cfg = TrainConfig {
+        steps: 2000,
+        seed: 1,
+        held_out_every: 1000,
+        held_out_size: 512,
+        ..TrainConfig::default().with_dataset(DatasetKind::Manifold { set })
+    };
+    let mut tr = Trainer::new(cfg.clone(), &Device::Cpu).expect("trainer");
+    let before = tr.held_out_loss().expect("loss").expect("held-out");
+    tr.run(|_| std::ops::ControlFlow::Continue(()))
+        .expect("train");
+    let after = tr.held_out_loss().expect("loss").expect("held-out");
+    assert!(after < before - 0.05, "held-out loss {before} -> {after}");
+    let s = sample(
+        tr.sampling_model(),
+        &cfg.source,
+        &[4],
+        2000,
+        3,
+        &cfg.solver,
+        false,
+        &Device::Cpu,
+    )
+    .expect("sample");
+    assert!(Manifold::Torus.max_off_manifold(&s.data) < 1e-5);
+    let share = set.support_share(&s.data);
+    assert!(share >= 0.9, "{:.1} % on the dark squares", 100.0 * share);
+    // Uniform noise lands on the dark squares half the time: the measure discriminates.
+    let noise = Manifold::Torus.uniform(2000, &mut stream_rng(3, Stream::Eval, 0));
+    assert!((set.support_share(&noise) - 0.5).abs() < 0.05);
+}
+
+#[test]
+fn a_sphere_model_learns_its_clusters_and_configs_follow_the_manifold() {
+    use flowlab::data::{DatasetKind, ManifoldSet};
+    use flowlab::flow::{Coupling, Scheduler, Source};
+    use flowlab::model::ModelConfig;
+    use flowlab::train::{TrainConfig, Trainer};
+    let set = ManifoldSet::SphereVmf { kappa: 30.0 };
+    let cfg = TrainConfig::default().with_dataset(DatasetKind::Manifold { set });
+    assert_eq!(
+        cfg.source,
+        Source::Uniform {
+            manifold: Manifold::Sphere
+        }
+    );
+    match &cfg.model {
+        ModelConfig::Mlp(m) => assert!(m.fourier_features > 0),
+        other => panic!("expected an MLP, got {other:?}"),
+    }
+    // Back to the plane: the Gaussian source and a plain MLP again.
+    let back = cfg.with_dataset(DatasetKind::from_name("moons", None).expect("moons"));
+    assert_eq!(back.source, Source::Gaussian);
+    assert_eq!(back.model, TrainConfig::default().model);
+    // Mismatched settings are refused with a message naming the problem.
+    let bad = |c: TrainConfig, what: &str| {
+        let e = c.validate().expect_err(what).to_string();
+        assert!(e.contains(what), "{e:?} should mention {what:?}");
+    };
+    bad(
+        TrainConfig {
+            source: Source::Gaussian,
+            ..cfg.clone()
+        },
+        "uniform-sphere",
+    );
+    bad(
+        TrainConfig {
+            scheduler: Scheduler::Cosine,
+            ..cfg.clone()
+        },
+        "geodesic",
+    );
+    bad(
+        TrainConfig {
+            coupling: Coupling::ExactOt,
+            ..cfg.clone()
+        },
+        "independent",
+    );
+    bad(
+        TrainConfig {
+            source: Source::Uniform {
+                manifold: Manifold::Torus,
+            },
+            ..TrainConfig::default()
+        },
+        "only for data on the torus",
+    );
+    // A short run: the loss falls and samples gather around the four centres.
+    let cfg = TrainConfig {
+        steps: 600,
+        seed: 2,
+        held_out_every: 0,
+        held_out_size: 512,
+        ..cfg
+    };
+    let mut tr = Trainer::new(cfg.clone(), &Device::Cpu).expect("trainer");
+    let before = tr.held_out_loss().expect("loss").expect("held-out");
+    tr.run(|_| std::ops::ControlFlow::Continue(()))
+        .expect("train");
+    let after = tr.held_out_loss().expect("loss").expect("held-out");
+    assert!(after < 0.9 * before, "held-out loss {before} -> {after}");
+    let s = flowlab::sample::sample(
+        tr.sampling_model(),
+        &cfg.source,
+        &[3],
+        1000,
+        4,
+        &cfg.solver,
+        false,
+        &Device::Cpu,
+    )
+    .expect("sample");
+    assert!(Manifold::Sphere.max_off_manifold(&s.data) < 1e-5);
+    let centres = [
+        [0.0f32, 0.0, 1.0],
+        [0.942_809, 0.0, -0.333_333],
+        [-0.471_405, 0.816_497, -0.333_333],
+        [-0.471_405, -0.816_497, -0.333_333],
+    ];
+    let near = s
+        .data
+        .chunks_exact(3)
+        .filter(|p| {
+            centres
+                .iter()
+                .any(|c| c.iter().zip(*p).map(|(a, b)| a * b).sum::<f32>() > 0.9)
+        })
+        .count();
+    // Within 26° of a centre: 95 % of the data (kappa 30), 10 % of uniform points.
+    assert!(near > 800, "{near} of 1000 samples near a cluster centre");
 }

@@ -359,14 +359,16 @@ fn fused_bias_add_and_linear_match_candle_in_value_and_gradient() {
 #[test]
 fn mlp_parameter_count_formula_matches_the_built_model() {
     use flowlab::model::{MlpConfig, ModelConfig};
-    for (width, depth, shape) in [
-        (32usize, 1usize, vec![2usize]),
-        (64, 3, vec![2]),
-        (16, 2, vec![1, 28, 28]),
+    for (width, depth, shape, fourier) in [
+        (32usize, 1usize, vec![2usize], 0usize),
+        (64, 3, vec![2], 0),
+        (16, 2, vec![1, 28, 28], 0),
+        (32, 2, vec![4], 64),
     ] {
         let cfg = MlpConfig {
             width,
             depth,
+            fourier_features: fourier,
             ..Default::default()
         };
         let dim: usize = shape.iter().product();
@@ -415,4 +417,50 @@ fn switching_dataset_kind_switches_the_model_and_back() {
             .batch_size,
         64
     );
+}
+
+#[test]
+fn fourier_features_are_fixed_by_the_config_and_old_configs_load_without_them() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    use flowlab::model::{MlpConfig, ModelConfig};
+    let cfg = MlpConfig {
+        width: 16,
+        depth: 2,
+        fourier_features: 8,
+        ..Default::default()
+    };
+    // Two builds with the same weights give the same velocities: the
+    // frequencies come from the architecture, not from a run's randomness.
+    let build = || {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let m = ModelConfig::Mlp(cfg).build(&[3], vb).expect("build");
+        let p = flowlab::train::Params::from_varmap(&map).expect("params");
+        flowlab::train::init_params(&p, 5).expect("init");
+        m
+    };
+    let (a, b) = (build(), build());
+    let x =
+        Tensor::from_vec(vec![0.0f32, 0.6, 0.8, 1.0, 0.0, 0.0], (2, 3), &Device::Cpu).expect("x");
+    let t = Tensor::from_vec(vec![0.2f32, 0.7], 2, &Device::Cpu).expect("t");
+    let (va, vb) = (
+        a.velocity(&x, &t)
+            .and_then(|v| Ok(v.flatten_all()?.to_vec1::<f32>()?)),
+        b.velocity(&x, &t)
+            .and_then(|v| Ok(v.flatten_all()?.to_vec1::<f32>()?)),
+    );
+    assert_eq!(va.expect("a"), vb.expect("b"));
+    // A config written before the field existed loads with the features off.
+    let old: MlpConfig = serde_json::from_str(
+        r#"{"width": 8, "depth": 1, "activation": "silu",
+            "time_embedding": {"frequencies": 8, "max_frequency": 50.0}}"#,
+    )
+    .expect("old config");
+    assert_eq!(old.fourier_features, 0);
+    let bad = MlpConfig {
+        fourier_scale: -1.0,
+        ..cfg
+    };
+    assert!(bad.validate().is_err());
 }
