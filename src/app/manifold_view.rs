@@ -313,10 +313,10 @@ impl FlowLabApp {
             for path in self.manifold_paths_to_t() {
                 for w in path.windows(2) {
                     let (a, b) = (globe.view(f3(&w[0])), globe.view(f3(&w[1])));
-                    let alpha = if a[2] + b[2] >= 0.0 { 110 } else { 30 };
+                    let alpha = if a[2] + b[2] >= 0.0 { 150 } else { 35 };
                     painter.line_segment(
                         [to_screen(a), to_screen(b)],
-                        Stroke::new(1.0, Color32::from_rgba_unmultiplied(120, 200, 255, alpha)),
+                        Stroke::new(1.3, Color32::from_rgba_unmultiplied(120, 200, 255, alpha)),
                     );
                 }
             }
