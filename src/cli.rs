@@ -109,7 +109,7 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub config: Option<PathBuf>,
     /// Continue training from a checkpoint (its config is used; --steps may extend it).
-    #[arg(long, conflicts_with_all = ["dataset", "noise", "mnist_dir", "batch", "lr", "width", "depth", "activation", "scheduler", "time_sampling", "seed", "ema", "weight_decay", "grad_clip", "warmup", "source", "coupling", "coupling_per_class", "dequantize"])]
+    #[arg(long, conflicts_with_all = ["dataset", "noise", "mnist_dir", "batch", "lr", "width", "depth", "activation", "scheduler", "time_sampling", "seed", "ema", "weight_decay", "grad_clip", "warmup", "source", "coupling", "coupling_per_class", "dequantize", "flow", "discrete_source", "levels", "kappa_power", "discrete_loss"])]
     pub resume: Option<PathBuf>,
     /// Total training steps.
     #[arg(long)]
@@ -157,6 +157,22 @@ pub struct TrainArgs {
     /// Images: train on uniformly dequantised pixels (for meaningful bits/dim).
     #[arg(long)]
     pub dequantize: bool,
+    /// continuous (an ODE flow) or discrete (tokens: 128 bins per axis for 2D
+    /// data, 4 grey levels for images; a continuous-time Markov chain).
+    #[arg(long)]
+    pub flow: Option<String>,
+    /// Discrete flows: where tokens start, mask or uniform.
+    #[arg(long)]
+    pub discrete_source: Option<String>,
+    /// Discrete flows: tokens per coordinate (bins per axis, or grey levels).
+    #[arg(long)]
+    pub levels: Option<usize>,
+    /// Discrete flows: the exponent n of the scheduler kappa_t = t^n.
+    #[arg(long)]
+    pub kappa_power: Option<f64>,
+    /// Discrete flows: the loss, cross-entropy or generalized-kl.
+    #[arg(long)]
+    pub discrete_loss: Option<String>,
     /// Scheduler: condot, polynomial, vp, linear-vp, cosine.
     #[arg(long)]
     pub scheduler: Option<String>,
@@ -204,6 +220,9 @@ pub struct SolverArgs {
     /// Absolute tolerance of dopri5.
     #[arg(long)]
     pub atol: Option<f64>,
+    /// Discrete flows: corrector strength (0: the plain discrete Euler sampler).
+    #[arg(long, default_value_t = 0.0)]
+    pub corrector: f64,
 }
 
 /// Options of `flowlab sample`.
@@ -297,6 +316,9 @@ pub struct EvalArgs {
     /// Images: only the classifier's verdict, not the W2 table of every solver.
     #[arg(long)]
     pub classifier_only: bool,
+    /// Discrete flows: corrector strength (0: the plain discrete Euler sampler).
+    #[arg(long, default_value_t = 0.0)]
+    pub corrector: f64,
 }
 
 /// Options of `flowlab bench`.
@@ -412,17 +434,17 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     match a.model.as_deref() {
         None => {}
-        Some("mlp") if !matches!(cfg.model, ModelConfig::Mlp(_)) => {
-            cfg.model = ModelConfig::Mlp(Default::default())
+        Some("mlp") if !matches!(cfg.model.network(), ModelConfig::Mlp(_)) => {
+            *cfg.model.network_mut() = ModelConfig::Mlp(Default::default())
         }
-        Some("unet") if !matches!(cfg.model, ModelConfig::Unet(_)) => {
-            cfg.model = ModelConfig::Unet(Default::default())
+        Some("unet") if !matches!(cfg.model.network(), ModelConfig::Unet(_)) => {
+            *cfg.model.network_mut() = ModelConfig::Unet(Default::default())
         }
         Some("mlp" | "unet") => {}
         Some(name) => return Err(unknown("model", name, &["mlp", "unet"])),
     }
     let mlp_flags = a.width.is_some() || a.depth.is_some() || a.activation.is_some();
-    match &mut cfg.model {
+    match cfg.model.network_mut() {
         ModelConfig::Mlp(mlp) => {
             if let Some(v) = a.width {
                 mlp.width = v;
@@ -446,8 +468,9 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
                 u.classes = c;
             }
         }
+        ModelConfig::Tokens(_) => {}
     }
-    if a.classes.is_some_and(|c| c > 0) && !matches!(cfg.model, ModelConfig::Unet(_)) {
+    if a.classes.is_some_and(|c| c > 0) && !matches!(cfg.model.network(), ModelConfig::Unet(_)) {
         return Err(Error::config("--classes needs --model unet"));
     }
     if let Some(p) = a.label_dropout {
@@ -461,8 +484,61 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.time_sampling = TimeSampling::from_name(name)
             .ok_or_else(|| unknown("time sampling", name, &["uniform", "logit-normal"]))?;
     }
+    apply_discrete_flags(a, &mut cfg)?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `--flow`, `--discrete-source`, `--levels`, `--kappa-power`, `--discrete-loss`.
+fn apply_discrete_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
+    use crate::discrete::{DiscreteConfig, DiscreteLoss, DiscreteSource};
+    match a.flow.as_deref() {
+        None => {}
+        Some("continuous") => *cfg = cfg.with_discrete(None),
+        Some("discrete") if cfg.discrete.is_none() => {
+            let dc = if cfg.dataset.is_image() {
+                DiscreteConfig::for_images()
+            } else {
+                DiscreteConfig::default()
+            };
+            *cfg = cfg.with_discrete(Some(dc));
+        }
+        Some("discrete") => {}
+        Some(name) => return Err(unknown("flow", name, &["continuous", "discrete"])),
+    }
+    let flags = a.discrete_source.is_some()
+        || a.levels.is_some()
+        || a.kappa_power.is_some()
+        || a.discrete_loss.is_some();
+    let Some(mut dc) = cfg.discrete else {
+        if flags {
+            return Err(Error::config(
+                "--discrete-source, --levels, --kappa-power and --discrete-loss need --flow discrete",
+            ));
+        }
+        return Ok(());
+    };
+    if let Some(name) = &a.discrete_source {
+        dc.source = DiscreteSource::from_name(name).ok_or_else(|| {
+            unknown(
+                "discrete source",
+                name,
+                &DiscreteSource::ALL.map(|s| s.name()),
+            )
+        })?;
+    }
+    if let Some(v) = a.levels {
+        dc.levels = v;
+    }
+    if let Some(v) = a.kappa_power {
+        dc.kappa_power = v;
+    }
+    if let Some(name) = &a.discrete_loss {
+        dc.loss = DiscreteLoss::from_name(name)
+            .ok_or_else(|| unknown("discrete loss", name, &DiscreteLoss::ALL.map(|s| s.name())))?;
+    }
+    *cfg = cfg.with_discrete(Some(dc));
+    Ok(())
 }
 
 fn solver_config(a: &SolverArgs, base: SolverConfig) -> Result<SolverConfig> {
@@ -508,21 +584,81 @@ fn reference_sets(
     Ok((draw(0), draw(1)))
 }
 
+/// Samples (model space) of a checkpoint's model: the ODE flow with `solver`
+/// (guided towards `labels` when given), or for a discrete flow the discrete
+/// Euler sampler with `solver.steps` steps and corrector strength `corrector`.
+#[allow(clippy::too_many_arguments)]
+pub fn draw_samples(
+    model: &dyn crate::model::FlowModel,
+    cfg: &TrainConfig,
+    sample_shape: &[usize],
+    n: usize,
+    seed: u64,
+    solver: &SolverConfig,
+    corrector: f64,
+    labels: Option<&[u32]>,
+    guidance: f64,
+    keep_intermediates: bool,
+    dev: &Device,
+) -> Result<crate::sample::Samples> {
+    if let Some(dc) = &cfg.discrete {
+        let sampling = crate::discrete::DiscreteSampling {
+            steps: if solver.kind == SolverKind::Dopri5 {
+                crate::discrete::DiscreteSampling::default().steps
+            } else {
+                solver.steps
+            },
+            corrector,
+            guidance,
+        };
+        let labels = labels.filter(|_| model.classes() > 0);
+        return crate::discrete::sample_values(
+            model,
+            dc,
+            sample_shape,
+            n,
+            seed,
+            &sampling,
+            labels,
+            keep_intermediates,
+            dev,
+        );
+    }
+    match labels {
+        Some(l) if model.classes() > 0 => {
+            crate::sample::sample_guided(model, sample_shape, l, guidance, seed, solver, dev)
+        }
+        _ => sample(
+            model,
+            &cfg.source,
+            sample_shape,
+            n,
+            seed,
+            solver,
+            keep_intermediates,
+            dev,
+        ),
+    }
+}
+
 /// W2 of 2D samples (data space) to fresh held-out data, with the data-vs-data floor.
 pub fn heldout_w2(
-    model: &dyn VelocityField,
+    model: &dyn crate::model::FlowModel,
     meta: &CheckpointMeta,
     solver: &SolverConfig,
     n: usize,
     seed: u64,
 ) -> Result<(f64, f64)> {
-    let mut s = sample(
+    let mut s = draw_samples(
         model,
-        &meta.config.source,
+        &meta.config,
         &meta.sample_shape,
         n,
         seed,
         solver,
+        0.0,
+        None,
+        1.0,
         false,
         &Device::Cpu,
     )?
@@ -725,6 +861,11 @@ fn run_train(a: &TrainArgs) -> Result<()> {
 
 fn describe_model(m: &ModelConfig) -> String {
     match m {
+        ModelConfig::Tokens(t) => format!(
+            "a token network over {} levels: {}",
+            t.levels,
+            describe_model(&t.inner)
+        ),
         ModelConfig::Mlp(c) => format!("an MLP {}x{} ({})", c.depth, c.width, c.activation.name()),
         ModelConfig::Unet(c) => format!(
             "a UNet (channels {:?}, {} block(s) per level{})",
@@ -793,6 +934,12 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
             "--scheduler applies to unconditional models (class-conditional sampling keeps the trained scheduler)",
         ));
     }
+    let discrete = meta.config.discrete.is_some();
+    if discrete && a.scheduler.is_some() {
+        return Err(Error::config(
+            "--scheduler applies to continuous flows; a discrete flow has its kappa scheduler",
+        ));
+    }
     let s = if classes > 0 {
         if a.trajectory.is_some() {
             return Err(Error::config("--trajectory is for unconditional 2D models"));
@@ -800,13 +947,31 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
         let labels: Vec<u32> = (0..a.n)
             .map(|i| a.class.unwrap_or(((i / per_class).min(classes - 1)) as u32))
             .collect();
-        crate::sample::sample_guided(
+        draw_samples(
             model.as_ref(),
+            &meta.config,
             &meta.sample_shape,
-            &labels,
-            a.guidance,
+            a.n,
             a.seed,
             &solver,
+            a.solver.corrector,
+            Some(&labels),
+            a.guidance,
+            false,
+            &dev,
+        )?
+    } else if discrete {
+        draw_samples(
+            model.as_ref(),
+            &meta.config,
+            &meta.sample_shape,
+            a.n,
+            a.seed,
+            &solver,
+            a.solver.corrector,
+            None,
+            1.0,
+            a.trajectory.is_some(),
             &dev,
         )?
     } else {
@@ -888,11 +1053,18 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
             path.display()
         );
     }
+    let sampler = if discrete {
+        format!(
+            "discrete Euler, {} steps, corrector {}",
+            solver.steps, a.solver.corrector
+        )
+    } else {
+        solver.describe()
+    };
     println!(
-        "wrote {} samples to {} ({}, NFE {}, {:.2} s)",
+        "wrote {} samples to {} ({sampler}, NFE {}, {:.2} s)",
         a.n,
         a.out.display(),
-        solver.describe(),
         s.nfe,
         secs
     );
@@ -977,7 +1149,18 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
         w2_exact(&reference, &reference2, dim)?,
         sliced_w2(&reference, &reference2, dim, 256, a.seed)?
     );
-    if meta.config.dataset.manifold().is_none() && !image {
+    let discrete = meta.config.discrete;
+    if let Some(dc) = &discrete {
+        println!(
+            "discrete flow: {} source, {} levels, kappa_t = t^{}, {} loss; corrector {}",
+            dc.source.name(),
+            dc.levels,
+            dc.kappa_power,
+            dc.loss.name(),
+            a.corrector
+        );
+    }
+    if meta.config.dataset.manifold().is_none() && !image && discrete.is_none() {
         // How straight the learned flow is: states of 100 Euler steps (model space).
         let s = sample(
             loaded.model.as_ref(),
@@ -1006,26 +1189,37 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
         "solver", "steps", "NFE", "W2", "sliced-W2", "secs"
     );
     let mut configs: Vec<SolverConfig> = Vec::new();
-    for kind in [
-        SolverKind::Euler,
-        SolverKind::Midpoint,
-        SolverKind::Heun,
-        SolverKind::Rk4,
-    ] {
+    let kinds: &[SolverKind] = if discrete.is_some() {
+        // The discrete Euler sampler.
+        &[SolverKind::Euler]
+    } else {
+        &[
+            SolverKind::Euler,
+            SolverKind::Midpoint,
+            SolverKind::Heun,
+            SolverKind::Rk4,
+        ]
+    };
+    for &kind in kinds {
         for &s in &a.steps {
             configs.push(SolverConfig::fixed(kind, s));
         }
     }
-    configs.push(SolverConfig::dopri5(1e-5, 1e-5));
+    if discrete.is_none() {
+        configs.push(SolverConfig::dopri5(1e-5, 1e-5));
+    }
     for solver in configs {
         let started = Instant::now();
-        let s = sample(
+        let s = draw_samples(
             loaded.model.as_ref(),
-            &meta.config.source,
+            &meta.config,
             &meta.sample_shape,
             a.n,
             a.seed,
             &solver,
+            a.corrector,
+            None,
+            1.0,
             false,
             &dev,
         )?;
@@ -1084,31 +1278,22 @@ fn judge_images(a: &EvalArgs, loaded: &LoadedModel, dev: &Device) -> Result<()> 
     let model = loaded.model.as_ref();
     let classes = model.classes();
     let started = Instant::now();
-    let (samples, labels) = if classes > 0 {
-        let labels: Vec<u32> = (0..a.n).map(|i| (i % classes) as u32).collect();
-        let s = crate::sample::sample_guided(
-            model,
-            &meta.sample_shape,
-            &labels,
-            a.guidance,
-            a.seed,
-            &solver,
-            dev,
-        )?;
-        (s.data, Some(labels))
-    } else {
-        let s = sample(
-            model,
-            &meta.config.source,
-            &meta.sample_shape,
-            a.n,
-            a.seed,
-            &solver,
-            false,
-            dev,
-        )?;
-        (s.data, None)
-    };
+    let labels: Option<Vec<u32>> =
+        (classes > 0).then(|| (0..a.n).map(|i| (i % classes) as u32).collect());
+    let samples = draw_samples(
+        model,
+        &meta.config,
+        &meta.sample_shape,
+        a.n,
+        a.seed,
+        &solver,
+        a.corrector,
+        labels.as_deref(),
+        a.guidance,
+        false,
+        dev,
+    )?
+    .data;
     let q = crate::classifier::judge(
         &classifier,
         &samples,
@@ -1122,10 +1307,16 @@ fn judge_images(a: &EvalArgs, loaded: &LoadedModel, dev: &Device) -> Result<()> 
     } else {
         "unconditional".to_string()
     };
+    let sampler = match &meta.config.discrete {
+        Some(dc) => format!(
+            "discrete Euler, {} steps, {} grey levels, corrector {}",
+            solver.steps, dc.levels, a.corrector
+        ),
+        None => solver.describe(),
+    };
     println!(
-        "classifier verdict on {} samples ({how}, {}, {:.1} s):",
+        "classifier verdict on {} samples ({how}, {sampler}, {:.1} s):",
         a.n,
-        solver.describe(),
         started.elapsed().as_secs_f64()
     );
     if let Some(acc) = q.accuracy {

@@ -7,6 +7,7 @@
 //! * [`model`]: velocity fields (MLP, UNet) behind the [`model::VelocityField`] trait,
 //!   and fast CPU kernels ([`model::ops`]);
 //! * [`solver`]: fixed-step and adaptive ODE solvers with NFE counts;
+//! * [`discrete`]: discrete flow matching (tokens, CTMC sampling);
 //! * [`train`]: configuration, AdamW, and the training loop;
 //! * [`checkpoint`]: single-file safetensors checkpoints;
 //! * [`metrics`]: exact and sliced 2-Wasserstein distances, straightness;
@@ -24,6 +25,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod cli;
 pub mod data;
+pub mod discrete;
 pub mod error;
 pub mod flow;
 pub mod fsutil;

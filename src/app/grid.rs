@@ -7,7 +7,7 @@ use egui::{ColorImage, TextureOptions};
 use image::GrayImage;
 
 use super::FlowLabApp;
-use super::views::bracket;
+use super::views::states_around;
 use crate::model::ModelConfig;
 use crate::train::worker::{Command, SampleSnapshot};
 
@@ -18,17 +18,27 @@ const LABEL_WIDTH: f32 = 22.0;
 /// Image pixels per grid pixel in the exported PNG.
 pub const PNG_SCALE: u32 = 4;
 
+/// Grey of a masked pixel of a discrete flow (between the grey levels).
+pub const MASK_GREY: f32 = 128.0;
+
 /// The preview grid of `s` at time `t` (pixels 0-255), interpolated linearly
-/// between the solver states around t. `None` unless `s` holds one-channel
-/// images `(1, rows, cols)`.
+/// between the solver states around t (a discrete flow's tokens hold between
+/// steps; masked pixels are [`MASK_GREY`]). `None` unless `s` holds
+/// one-channel images `(1, rows, cols)`.
 pub fn grid_at(s: &SampleSnapshot, t: f64) -> Option<GrayImage> {
     let &[1, rows, cols] = s.sample_shape.as_slice() else {
         return None;
     };
-    let (k, w) = bracket(&s.times, t)?;
-    let (lo, hi) = (s.states.get(k.saturating_sub(1))?, s.states.get(k)?);
+    let (lo, hi, w) = states_around(s, t)?;
     let w = w as f32;
-    let px: Vec<f32> = lo.iter().zip(hi).map(|(a, b)| a + w * (b - a)).collect();
+    let px: Vec<f32> = lo
+        .iter()
+        .zip(hi)
+        .map(|(a, b)| {
+            let v = a + w * (b - a);
+            if v.is_nan() { MASK_GREY } else { v }
+        })
+        .collect();
     Some(crate::plot::image_grid(&px, rows, cols, s.columns.max(1)))
 }
 

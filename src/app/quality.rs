@@ -110,7 +110,8 @@ impl FlowLabApp {
 
     pub(super) fn quality_ui(&mut self, ui: &mut egui::Ui, height: f32) {
         ui.horizontal(|ui| {
-            let enabled = !self.is_image_run() && !self.quality_pending;
+            let enabled =
+                !self.is_image_run() && !self.is_discrete_run() && !self.quality_pending;
             if ui
                 .add_enabled(enabled, egui::Button::new("Measure"))
                 .on_hover_text(

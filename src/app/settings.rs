@@ -96,9 +96,13 @@ impl FlowLabApp {
             self.open_pretrained(super::Pretrained::Mnist);
         }
 
+        if self.config.dataset.manifold().is_none() {
+            self.flow_kind_ui(ui);
+        }
+
         ui.separator();
         ui.heading("Model (new run)");
-        match &mut self.config.model {
+        match self.config.model.network_mut() {
             ModelConfig::Mlp(m) => {
                 ui.add(
                     egui::Slider::new(&mut m.width, 16..=1024)
@@ -183,6 +187,7 @@ impl FlowLabApp {
                     );
                 }
             }
+            ModelConfig::Tokens(_) => {}
         }
         ui.label(format!(
             "{} parameters in the current run",
@@ -196,10 +201,86 @@ impl FlowLabApp {
                 "Geodesic path on the {0}: x_t = exp_x0(t log_x0(x1)), from the uniform distribution on the {0}, with independent pairs.",
                 m.name()
             ));
+        } else if let Some(dc) = self.config.discrete {
+            ui.label(format!(
+                "Mixture path of tokens: each coordinate jumps once from the {} source to the data, by time t with chance κ_t = t^{}.",
+                dc.source.name(),
+                dc.kappa_power
+            ));
+            ui.horizontal(|ui| {
+                egui::ComboBox::from_label("time sampling")
+                    .selected_text(self.config.time_sampling.name())
+                    .show_ui(ui, |ui| {
+                        for s in [TimeSampling::Uniform, TimeSampling::LOGIT_NORMAL] {
+                            ui.selectable_value(&mut self.config.time_sampling, s, s.name());
+                        }
+                    });
+            });
         } else {
             self.path_settings_ui(ui);
         }
         self.optimizer_ui(ui);
+    }
+
+    /// Continuous (ODE) or discrete (token) flow, and the discrete settings.
+    fn flow_kind_ui(&mut self, ui: &mut egui::Ui) {
+        use crate::discrete::{DiscreteConfig, DiscreteLoss, DiscreteSource};
+        ui.horizontal(|ui| {
+            let mut discrete = self.config.discrete.is_some();
+            let a = ui
+                .radio_value(&mut discrete, false, "continuous")
+                .on_hover_text("An ODE flow of real values (velocity field)");
+            let b = ui
+                .radio_value(&mut discrete, true, "discrete")
+                .on_hover_text("A flow of tokens (a continuous-time Markov chain): 2D points on a grid of bins, or a few grey levels per pixel");
+            if a.changed() || b.changed() {
+                let dc = discrete.then(|| {
+                    if self.config.dataset.is_image() {
+                        DiscreteConfig::for_images()
+                    } else {
+                        DiscreteConfig::default()
+                    }
+                });
+                self.config = self.config.with_discrete(dc);
+            }
+        });
+        let Some(mut dc) = self.config.discrete else {
+            return;
+        };
+        egui::ComboBox::from_label("token source")
+            .selected_text(dc.source.name())
+            .show_ui(ui, |ui| {
+                for s in DiscreteSource::ALL {
+                    ui.selectable_value(&mut dc.source, s, s.name());
+                }
+            })
+            .response
+            .on_hover_text("Where tokens start: all masked (unmasking), or uniform (jumping)");
+        let max = if self.config.dataset.is_image() {
+            16
+        } else {
+            256
+        };
+        ui.add(egui::Slider::new(&mut dc.levels, 2..=max).text("levels"))
+            .on_hover_text("Tokens per coordinate: bins per axis (2D) or grey levels (images)");
+        ui.add(egui::Slider::new(&mut dc.kappa_power, 0.25..=4.0).text("κ power"))
+            .on_hover_text(
+                "The scheduler κ_t = t^n: the chance that a token has reached the data by time t",
+            );
+        egui::ComboBox::from_label("token loss")
+            .selected_text(dc.loss.name())
+            .show_ui(ui, |ui| {
+                for l in DiscreteLoss::ALL {
+                    ui.selectable_value(&mut dc.loss, l, l.name());
+                }
+            })
+            .response
+            .on_hover_text(
+                "Cross-entropy of p(x_1 | x_t), or the generalised KL of the jump rates",
+            );
+        if Some(dc) != self.config.discrete {
+            self.config = self.config.with_discrete(Some(dc));
+        }
     }
 
     fn path_settings_ui(&mut self, ui: &mut egui::Ui) {
@@ -360,27 +441,38 @@ impl FlowLabApp {
         ui.separator();
         ui.heading("Solver (live)");
         let before = self.live;
-        egui::ComboBox::from_label("method")
-            .selected_text(self.live.solver.kind.name())
-            .show_ui(ui, |ui| {
-                for k in SolverKind::ALL {
-                    ui.selectable_value(&mut self.live.solver.kind, k, k.name());
-                }
-            })
-            .response
-            .on_hover_text("ODE solver for samples and trajectories");
-        if self.live.solver.kind == SolverKind::Dopri5 {
-            ui.add(
-                egui::Slider::new(&mut self.live.solver.rtol, 1e-7..=1e-2)
-                    .logarithmic(true)
-                    .text("rtol"),
-            );
-            self.live.solver.atol = self.live.solver.rtol;
+        if self.is_discrete_run() {
+            ui.label("discrete Euler (token jumps)")
+                .on_hover_text("Each step, every token jumps to a draw from the predicted p(x_1 | x_t) with the chance that the path's jump falls in the step");
+            ui.add(egui::Slider::new(&mut self.live.solver.steps, 1..=200).text("steps"))
+                .on_hover_text("Steps from t = 0 to 1");
+            ui.add(egui::Slider::new(&mut self.live.corrector, 0.0..=10.0).text("corrector"))
+                .on_hover_text(
+                    "Corrector strength c: tokens also jump back towards the source, so the sampler can revise early choices (0: off)",
+                );
         } else {
-            ui.add(egui::Slider::new(&mut self.live.solver.steps, 1..=100).text("steps"))
-                .on_hover_text("Fixed steps from t = 0 to 1 on the grid t_k = k/N");
+            egui::ComboBox::from_label("method")
+                .selected_text(self.live.solver.kind.name())
+                .show_ui(ui, |ui| {
+                    for k in SolverKind::ALL {
+                        ui.selectable_value(&mut self.live.solver.kind, k, k.name());
+                    }
+                })
+                .response
+                .on_hover_text("ODE solver for samples and trajectories");
+            if self.live.solver.kind == SolverKind::Dopri5 {
+                ui.add(
+                    egui::Slider::new(&mut self.live.solver.rtol, 1e-7..=1e-2)
+                        .logarithmic(true)
+                        .text("rtol"),
+                );
+                self.live.solver.atol = self.live.solver.rtol;
+            } else {
+                ui.add(egui::Slider::new(&mut self.live.solver.steps, 1..=100).text("steps"))
+                    .on_hover_text("Fixed steps from t = 0 to 1 on the grid t_k = k/N");
+            }
         }
-        if self.run_manifold().is_none() {
+        if self.run_manifold().is_none() && !self.is_discrete_run() {
             let trained = self.run_config.as_ref().map(|c| c.scheduler);
             let shown = match (self.live.sample_scheduler, trained) {
                 (Some(s), _) => s.name().to_string(),

@@ -233,23 +233,40 @@ impl FlowLabApp {
     }
 
     fn flow_ui(&mut self, ui: &mut egui::Ui, height: f32) {
+        let discrete = self.is_discrete_run();
+        if discrete {
+            // A token flow has no velocity field, density or continuous paths.
+            self.layers.trajectories = false;
+            self.layers.field = false;
+            self.layers.learned_density = false;
+        }
         ui.horizontal_wrapped(|ui| {
-            ui.label("Flow at time t")
-                .on_hover_text("Drag to pan, scroll to zoom, double-click to reset the view");
+            if discrete {
+                ui.label("Tokens at time t").on_hover_text(
+                    "Each point is a pair of bins; a masked coordinate waits on the left (x) or bottom (y) edge",
+                );
+            } else {
+                ui.label("Flow at time t")
+                    .on_hover_text("Drag to pan, scroll to zoom, double-click to reset the view");
+            }
             ui.checkbox(&mut self.layers.particles, "particles")
                 .on_hover_text("The samples at time t");
-            ui.checkbox(&mut self.layers.trajectories, "trajectories")
-                .on_hover_text("Each sample's path from noise (t = 0) up to t");
-            ui.checkbox(&mut self.layers.field, "velocity field")
-                .on_hover_text("Arrows of v(x, t) on a grid at time t");
+            if !discrete {
+                ui.checkbox(&mut self.layers.trajectories, "trajectories")
+                    .on_hover_text("Each sample's path from noise (t = 0) up to t");
+                ui.checkbox(&mut self.layers.field, "velocity field")
+                    .on_hover_text("Arrows of v(x, t) on a grid at time t");
+            }
             ui.checkbox(&mut self.layers.data, "data")
                 .on_hover_text("The target distribution");
             ui.checkbox(&mut self.layers.density, "density")
                 .on_hover_text("Heat-map of the samples' density at t");
-            ui.checkbox(&mut self.layers.learned_density, "learned p(x)")
-                .on_hover_text(
-                    "Heat-map of the model's exact density at t = 1, log p(x) by integrating the divergence back to the noise (computed by the worker)",
-                );
+            if !discrete {
+                ui.checkbox(&mut self.layers.learned_density, "learned p(x)")
+                    .on_hover_text(
+                        "Heat-map of the model's exact density at t = 1, log p(x) by integrating the divergence back to the noise (computed by the worker)",
+                    );
+            }
             if self.layers.learned_density {
                 if self.learned_pending {
                     ui.spinner();
@@ -514,9 +531,28 @@ impl FlowLabApp {
         }
     }
 
-    /// The preview particles at time `t`, linearly interpolated between solver states.
+    /// Whether the current run is a discrete (token) flow.
+    pub fn is_discrete_run(&self) -> bool {
+        self.run_config
+            .as_ref()
+            .is_some_and(|c| c.discrete.is_some())
+    }
+
+    /// The preview particles at time `t`, linearly interpolated between solver
+    /// states. A masked coordinate of a discrete flow is parked on the view's
+    /// left (x) or bottom (y) edge, so unmasking shows as points leaving the edges.
     pub fn particles_at_t(&self) -> Option<Vec<[f64; 2]>> {
-        particles_at(self.snapshot.as_ref()?, self.t)
+        let mut p = particles_at(self.snapshot.as_ref()?, self.t)?;
+        let [x0, _, y0, _] = self.view_bounds;
+        for q in &mut p {
+            if q[0].is_nan() {
+                q[0] = x0;
+            }
+            if q[1].is_nan() {
+                q[1] = y0;
+            }
+        }
+        Some(p)
     }
 
     /// The velocity-field arrows `(origin, tip)`, scaled so the longest spans 90%
@@ -582,13 +618,26 @@ pub(super) fn bracket(times: &[f64], t: f64) -> Option<(usize, f64)> {
     Some((k, w))
 }
 
-/// The 2D particles of `s` at time `t`, linearly interpolated between solver states.
+/// The states of `s` around time `t` and the weight of the later one: solver
+/// states interpolate linearly; the tokens of a discrete flow hold from one
+/// step to the next (the state of the last step at or before t, weight 0).
+pub(super) fn states_around(s: &SampleSnapshot, t: f64) -> Option<(&[f32], &[f32], f64)> {
+    if s.discrete {
+        let j = s.times.iter().rposition(|&u| u <= t + 1e-9).unwrap_or(0);
+        let st = s.states.get(j)?;
+        return Some((st, st, 0.0));
+    }
+    let (k, w) = bracket(&s.times, t)?;
+    Some((s.states.get(k.saturating_sub(1))?, s.states.get(k)?, w))
+}
+
+/// The 2D particles of `s` at time `t`, linearly interpolated between solver
+/// states (held between the steps of a discrete flow; NaN for a masked coordinate).
 pub fn particles_at(s: &SampleSnapshot, t: f64) -> Option<Vec<[f64; 2]>> {
     if s.sample_shape != [2] {
         return None;
     }
-    let (k, w) = bracket(&s.times, t)?;
-    let (lo, hi) = (s.states.get(k.saturating_sub(1))?, s.states.get(k)?);
+    let (lo, hi, w) = states_around(s, t)?;
     Some(
         lo.as_chunks::<2>()
             .0

@@ -104,17 +104,28 @@ pub struct Mlp {
     /// Fourier frequencies transposed, `(dim, fourier_features)`.
     fourier: Option<Tensor>,
     layers: Vec<Linear>,
+    /// Outputs per sample (the input size unless built by [`Mlp::with_io`]).
+    out_dim: usize,
 }
 
 impl Mlp {
     /// Builds an MLP for samples of shape `sample_shape` (flattened to `dim` inputs and outputs).
     pub fn new(cfg: MlpConfig, sample_shape: &[usize], vb: VarBuilder) -> Result<Self> {
-        cfg.validate()?;
         let dim: usize = sample_shape.iter().product();
         if dim == 0 {
             return Err(Error::config(format!(
                 "empty sample shape {sample_shape:?}"
             )));
+        }
+        Self::with_io(cfg, dim, dim, vb)
+    }
+
+    /// An MLP from `dim` inputs (plus the time embedding) to `out_dim` outputs
+    /// per sample; its output is `(batch, out_dim)` when the two differ.
+    pub fn with_io(cfg: MlpConfig, dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        if dim == 0 || out_dim == 0 {
+            return Err(Error::config("an MLP needs at least one input and output"));
         }
         let embed = TimeEmbedding::new(cfg.time_embedding, vb.device())?;
         let fourier = if cfg.fourier_features > 0 {
@@ -138,12 +149,13 @@ impl Mlp {
             layers.push(candle_nn::linear(fan_in, cfg.width, vb.pp(i))?);
             fan_in = cfg.width;
         }
-        layers.push(candle_nn::linear(fan_in, dim, vb.pp(cfg.depth))?);
+        layers.push(candle_nn::linear(fan_in, out_dim, vb.pp(cfg.depth))?);
         Ok(Mlp {
             cfg,
             embed,
             fourier,
             layers,
+            out_dim,
         })
     }
 
@@ -178,7 +190,12 @@ impl VelocityField for Mlp {
                 h = self.cfg.activation.apply(&h)?;
             }
         }
-        Ok(h.reshape(x.shape())?.to_dtype(dtype)?)
+        let h = if h.dim(1)? * batch == x.elem_count() {
+            h.reshape(x.shape())?
+        } else {
+            h.reshape((batch, self.out_dim))?
+        };
+        Ok(h.to_dtype(dtype)?)
     }
 }
 

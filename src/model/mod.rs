@@ -53,6 +53,21 @@ pub trait FlowModel: VelocityField + Send + Sync {
         let _ = (x, t, labels);
         Err(crate::Error::config("this model is not class-conditional"))
     }
+
+    /// Levels per token of a discrete model (0: a continuous velocity field).
+    fn token_levels(&self) -> usize {
+        0
+    }
+
+    /// For a discrete model: logits of p(x_1 | x_t) for every coordinate,
+    /// `(batch, d, levels)`, given tokens `(batch, d)` u32 in `0..=levels`
+    /// (`levels` is the mask), times `(batch,)`, and optionally class labels.
+    fn token_logits(&self, tokens: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let _ = (tokens, t, labels);
+        Err(crate::Error::config(
+            "this model is a continuous velocity field, not a token model",
+        ))
+    }
 }
 
 /// Activation function between hidden layers.
@@ -118,6 +133,8 @@ pub enum ModelConfig {
     Mlp(MlpConfig),
     /// A convolutional UNet on images `(channels, height, width)`.
     Unet(UnetConfig),
+    /// A network over tokens, for discrete flow matching.
+    Tokens(crate::discrete::TokenConfig),
 }
 
 impl Default for ModelConfig {
@@ -132,6 +149,12 @@ impl ModelConfig {
         match self {
             ModelConfig::Mlp(c) => c.validate(),
             ModelConfig::Unet(c) => c.validate(),
+            ModelConfig::Tokens(c) => match c.inner.as_ref() {
+                ModelConfig::Tokens(_) => {
+                    Err(crate::Error::config("a token network cannot wrap another"))
+                }
+                inner => inner.validate(),
+            },
         }
     }
 
@@ -142,6 +165,27 @@ impl ModelConfig {
         match self {
             ModelConfig::Mlp(c) => Ok(Box::new(Mlp::new(*c, sample_shape, vb)?)),
             ModelConfig::Unet(c) => Ok(Box::new(Unet::new(c.clone(), sample_shape, vb)?)),
+            ModelConfig::Tokens(c) => Ok(Box::new(crate::discrete::TokenModel::new(
+                c.clone(),
+                sample_shape,
+                vb,
+            )?)),
+        }
+    }
+
+    /// The network itself: the inner network of a token model, else this one.
+    pub fn network(&self) -> &ModelConfig {
+        match self {
+            ModelConfig::Tokens(c) => c.inner.as_ref(),
+            other => other,
+        }
+    }
+
+    /// The network itself, mutable (see [`ModelConfig::network`]).
+    pub fn network_mut(&mut self) -> &mut ModelConfig {
+        match self {
+            ModelConfig::Tokens(c) => c.inner.as_mut(),
+            other => other,
         }
     }
 

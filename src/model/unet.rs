@@ -278,6 +278,18 @@ pub struct Unet {
 impl Unet {
     /// Builds a UNet for images of shape `sample_shape` = `[channels, height, width]`.
     pub fn new(cfg: UnetConfig, sample_shape: &[usize], vb: VarBuilder) -> Result<Self> {
+        let c_out = sample_shape.first().copied().unwrap_or(1);
+        Self::with_io(cfg, sample_shape, c_out, vb)
+    }
+
+    /// A UNet from images of shape `sample_shape` = `[channels, height, width]`
+    /// to `c_out` channels of the same size.
+    pub fn with_io(
+        cfg: UnetConfig,
+        sample_shape: &[usize],
+        c_out: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         cfg.validate()?;
         let &[c_img, h, w] = sample_shape else {
             return Err(Error::config(format!(
@@ -338,7 +350,7 @@ impl Unet {
         }
         Ok(Unet {
             norm_out: Norm::new(c, cfg.groups, vb.pp("norm_out"))?,
-            conv_out: Conv::new(c, c_img, 3, same, vb.pp("conv_out"))?,
+            conv_out: Conv::new(c, c_out.max(1), 3, same, vb.pp("conv_out"))?,
             cfg,
             embed,
             time,

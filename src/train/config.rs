@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DatasetKind, Toy2d};
+use crate::discrete::{DiscreteConfig, TokenConfig};
 use crate::flow::{Coupling, Scheduler, Source, TimeSampling};
 use crate::model::{ModelConfig, UnetConfig};
 use crate::solver::SolverConfig;
@@ -131,6 +132,9 @@ pub struct TrainConfig {
     /// Images: add uniform noise of one grey level to every pixel, so the
     /// model learns a density whose bits/dim are meaningful.
     pub dequantize: bool,
+    /// Discrete flow matching over tokens (`None`: a continuous flow). The
+    /// model must then be a [`ModelConfig::Tokens`] network with the same levels.
+    pub discrete: Option<DiscreteConfig>,
 }
 
 impl Default for TrainConfig {
@@ -155,6 +159,7 @@ impl Default for TrainConfig {
             coupling: Coupling::Independent,
             coupling_per_class: false,
             dequantize: false,
+            discrete: None,
         }
     }
 }
@@ -192,6 +197,24 @@ impl TrainConfig {
             c.batch_size = d.batch_size;
             c.steps = d.steps;
         }
+        if let Some(dc) = c.discrete {
+            // Discrete flows re-wrap the (new) network with this data's levels.
+            c.discrete = None;
+            c.model = c.model.network().clone();
+            if manifold.is_none() {
+                let levels = if is_image {
+                    crate::discrete::IMAGE_LEVELS
+                } else {
+                    crate::discrete::BINS_2D
+                };
+                let levels = if is_image == was_image {
+                    dc.levels
+                } else {
+                    levels
+                };
+                c = c.with_discrete(Some(DiscreteConfig { levels, ..dc }));
+            }
+        }
         match manifold {
             Some(manifold) => {
                 c.source = Source::Uniform { manifold };
@@ -215,12 +238,37 @@ impl TrainConfig {
         c
     }
 
+    /// This config as a discrete flow (`Some`: the network is wrapped to read
+    /// and predict tokens of `levels` levels) or as a continuous one (`None`:
+    /// the inner network alone). Sources, couplings and dequantisation go back
+    /// to their defaults for a discrete flow.
+    pub fn with_discrete(&self, discrete: Option<DiscreteConfig>) -> TrainConfig {
+        let mut c = self.clone();
+        let network = c.model.network().clone();
+        c.discrete = discrete;
+        c.model = match discrete {
+            Some(dc) => {
+                c.source = Source::Gaussian;
+                c.coupling = Coupling::Independent;
+                c.coupling_per_class = false;
+                c.dequantize = false;
+                ModelConfig::Tokens(TokenConfig {
+                    levels: dc.levels,
+                    inner: Box::new(network),
+                })
+            }
+            None => network,
+        };
+        c
+    }
+
     /// Checks every value is in range, with a message naming the bad one.
     pub fn validate(&self) -> Result<()> {
         if let DatasetKind::Toy2d { toy } = &self.dataset {
             toy.validate()?;
         }
         self.validate_manifold()?;
+        self.validate_discrete()?;
         self.model.validate()?;
         self.scheduler.validate()?;
         self.optimizer.validate()?;
@@ -300,6 +348,50 @@ impl TrainConfig {
         }
         if let DatasetKind::Manifold { set } = &self.dataset {
             set.validate()?;
+        }
+        Ok(())
+    }
+
+    /// A discrete flow needs a token network with its levels, 2D or image
+    /// data, the Gaussian (unused) source and independent pairs.
+    fn validate_discrete(&self) -> Result<()> {
+        let Some(dc) = &self.discrete else {
+            if matches!(self.model, ModelConfig::Tokens(_)) {
+                return Err(Error::config(
+                    "a token network needs a discrete flow (set \"discrete\")",
+                ));
+            }
+            return Ok(());
+        };
+        dc.validate()?;
+        match &self.model {
+            ModelConfig::Tokens(t) if t.levels == dc.levels => {}
+            ModelConfig::Tokens(t) => {
+                return Err(Error::config(format!(
+                    "the token network has {} levels but the discrete flow {}",
+                    t.levels, dc.levels
+                )));
+            }
+            _ => {
+                return Err(Error::config(
+                    "a discrete flow needs a token network (the model config of kind \"tokens\")",
+                ));
+            }
+        }
+        if self.dataset.manifold().is_some() {
+            return Err(Error::config(
+                "discrete flows are for 2D and image data, not for a manifold",
+            ));
+        }
+        if self.coupling != Coupling::Independent || self.source != Source::Gaussian {
+            return Err(Error::config(
+                "a discrete flow has its own source (mask or uniform tokens) and independent pairs",
+            ));
+        }
+        if self.dequantize {
+            return Err(Error::config(
+                "a discrete flow learns the grey levels themselves: no dequantisation",
+            ));
         }
         Ok(())
     }

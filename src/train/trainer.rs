@@ -154,6 +154,8 @@ struct Batch {
     t: Vec<f64>,
     /// Class labels `(n,)` u32 for class-conditional models.
     labels: Option<Tensor>,
+    /// Discrete flows: the tokens x_t and x_1, each `(n, d)` u32.
+    tokens: Option<(Tensor, Tensor)>,
 }
 
 /// Samples per forward pass when evaluating the held-out loss.
@@ -166,6 +168,8 @@ struct HeldOut {
     /// Class labels `(n,)` u32, for class-conditional models.
     labels: Option<Tensor>,
     t: Vec<f64>,
+    /// Discrete flows: the tokens x_t and x_1, each `(n, d)` u32.
+    tokens: Option<(Tensor, Tensor)>,
 }
 
 /// Owns a model, its optimiser and EMA, and runs training steps.
@@ -251,16 +255,25 @@ impl Trainer {
             if cfg.dequantize {
                 dequantize(&mut x_1, &mut rng);
             }
-            let mut x_0 = cfg.source.draw(n, x_1.len() / n.max(1), &mut rng);
+            let d = x_1.len() / n.max(1);
+            let mut x_0 = if cfg.discrete.is_some() {
+                x_1.clone()
+            } else {
+                cfg.source.draw(n, d, &mut rng)
+            };
             let pair_labels = cfg.coupling_per_class.then_some(labels.as_slice());
             cfg.coupling
-                .pair(&mut x_0, &x_1, x_1.len() / n.max(1), pair_labels, &mut rng)?;
-            let t = (0..n)
+                .pair(&mut x_0, &x_1, d, pair_labels, &mut rng)?;
+            let t: Vec<f64> = (0..n)
                 .map(|_| {
                     cfg.time_sampling
                         .draw(cfg.scheduler.t_max_train(), &mut rng)
                 })
                 .collect();
+            let tokens = cfg
+                .discrete
+                .map(|dc| token_batch(&dc, &sample_shape, &x_1, &t, &mut rng, device))
+                .transpose()?;
             let shape = batch_shape(n, &sample_shape);
             let labels = (classes > 0)
                 .then(|| Tensor::from_vec(labels, n, device))
@@ -270,6 +283,7 @@ impl Trainer {
                 x_1: Tensor::from_vec(x_1, shape, device)?,
                 labels,
                 t,
+                tokens,
             })
         } else {
             None
@@ -417,15 +431,24 @@ impl Trainer {
             dequantize(&mut x_1, &mut rng);
         }
         let dim = x_1.len() / b.max(1);
-        let mut x_0 = self.cfg.source.draw(b, dim, &mut rng);
+        let mut x_0 = if self.cfg.discrete.is_some() {
+            x_1.clone()
+        } else {
+            self.cfg.source.draw(b, dim, &mut rng)
+        };
         let pair_labels = self.cfg.coupling_per_class.then_some(labels.as_slice());
         self.cfg
             .coupling
             .pair(&mut x_0, &x_1, dim, pair_labels, &mut rng)?;
         let t_max = self.cfg.scheduler.t_max_train();
-        let t = (0..b)
+        let t: Vec<f64> = (0..b)
             .map(|_| self.cfg.time_sampling.draw(t_max, &mut rng))
             .collect();
+        let tokens = self
+            .cfg
+            .discrete
+            .map(|dc| token_batch(&dc, &self.sample_shape, &x_1, &t, &mut rng, &self.device))
+            .transpose()?;
         let labels = if classes > 0 {
             let p = self.cfg.label_dropout;
             let dropped: Vec<u32> = labels
@@ -448,10 +471,20 @@ impl Trainer {
             x_1: Tensor::from_vec(x_1, shape, &self.device)?,
             t,
             labels,
+            tokens,
         })
     }
 
     fn loss(&self, model: &dyn FlowModel, b: &Batch) -> Result<Tensor> {
+        if let (Some(dc), Some((x_t, x_1))) = (&self.cfg.discrete, &b.tokens) {
+            let tt = Tensor::from_vec(
+                b.t.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                b.t.len(),
+                &self.device,
+            )?;
+            let logits = model.token_logits(x_t, &tt, b.labels.as_ref())?;
+            return dc.loss(&logits, x_t, x_1, &b.t);
+        }
         let manifold = self.cfg.source.manifold();
         let (x_t, target) = match manifold {
             Some(m) => m.geodesic_batch(&b.x_0, &b.x_1, &b.t)?,
@@ -497,6 +530,10 @@ impl Trainer {
                     .as_ref()
                     .map(|l| l.narrow(0, start, len))
                     .transpose()?,
+                tokens: match &h.tokens {
+                    Some((a, b)) => Some((a.narrow(0, start, len)?, b.narrow(0, start, len)?)),
+                    None => None,
+                },
             };
             let l = self.loss(self.model.as_ref(), &slice)?;
             total += f64::from(l.to_scalar::<f32>()?) * len as f64;
@@ -604,7 +641,27 @@ impl Trainer {
     }
 }
 
-/// `[n, sample_shape...]`.
+/// The tokens of a discrete batch: data values `x_1` (`n · d`, model space)
+/// binned, and x_t drawn from the mixture path at times `t`; both `(n, d)` u32.
+fn token_batch(
+    dc: &crate::discrete::DiscreteConfig,
+    sample_shape: &[usize],
+    x_1: &[f32],
+    t: &[f64],
+    rng: &mut rand::rngs::StdRng,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let d: usize = sample_shape.iter().product();
+    let n = t.len();
+    let tok = crate::discrete::Tokenizer::for_shape(dc.levels, sample_shape);
+    let x1 = tok.tokens(x_1);
+    let xt = dc.path_sample(&x1, d, t, rng);
+    Ok((
+        Tensor::from_vec(xt, (n, d), device)?,
+        Tensor::from_vec(x1, (n, d), device)?,
+    ))
+}
+
 /// Uniform dequantisation of pixels in model units (`pixel / 127.5 − 1`): adds
 /// U[0, 1) grey levels, so the data has a density over [0, 256)^d.
 pub fn dequantize(x: &mut [f32], rng: &mut rand::rngs::StdRng) {
@@ -613,6 +670,7 @@ pub fn dequantize(x: &mut [f32], rng: &mut rand::rngs::StdRng) {
     }
 }
 
+/// `[n, sample_shape...]`.
 pub(crate) fn batch_shape(n: usize, sample_shape: &[usize]) -> Vec<usize> {
     let mut s = vec![n];
     s.extend_from_slice(sample_shape);

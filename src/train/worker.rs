@@ -50,6 +50,9 @@ pub struct LiveSettings {
     /// the one it was trained with); see [`crate::flow::SchedulerChange`].
     #[serde(default)]
     pub sample_scheduler: Option<crate::flow::Scheduler>,
+    /// Corrector strength of the discrete sampler (discrete flows; 0: none).
+    #[serde(default)]
+    pub corrector: f64,
 }
 
 fn default_guidance() -> f64 {
@@ -90,6 +93,7 @@ impl LiveSettings {
             guidance: default_guidance(),
             class: None,
             sample_scheduler: None,
+            corrector: 0.0,
         }
     }
 }
@@ -250,6 +254,9 @@ pub struct SampleSnapshot {
     pub columns: usize,
     /// False for a partly drawn image grid (its later rows still show noise).
     pub complete: bool,
+    /// Tokens of a discrete flow: states hold between steps (no interpolation),
+    /// and NaN marks a masked coordinate.
+    pub discrete: bool,
 }
 
 /// What the worker tells the GUI.
@@ -770,6 +777,9 @@ impl State {
             Error::config("no model yet: start training or open a checkpoint first")
         })?;
         let live = live.unwrap_or_else(|| LiveSettings::for_config(tr.config()));
+        if let Some(dc) = tr.config().discrete {
+            return self.discrete_preview(dc, live);
+        }
         let shape = tr.sample_shape().to_vec();
         let dim: usize = shape.iter().product();
         let image = shape.len() > 1;
@@ -814,6 +824,7 @@ impl State {
             labels: labels.clone(),
             columns: if image { GRID_COLUMNS } else { 0 },
             complete: false,
+            discrete: false,
         };
         let mut start = 0;
         while start < n {
@@ -867,6 +878,81 @@ impl State {
         }
         snap.complete = true;
         self.samples = Some(snap);
+        Ok(())
+    }
+
+    /// The preview of a discrete flow: the token sampler from fixed source
+    /// tokens, every step's tokens kept (as values, NaN for masks).
+    fn discrete_preview(
+        &mut self,
+        dc: crate::discrete::DiscreteConfig,
+        live: LiveSettings,
+    ) -> Result<()> {
+        let cancel = self.cancel_preview.clone();
+        let tr = self.trainer.as_ref().ok_or_else(|| {
+            Error::config("no model yet: start training or open a checkpoint first")
+        })?;
+        let shape = tr.sample_shape().to_vec();
+        let d: usize = shape.iter().product();
+        let image = shape.len() > 1;
+        let n = if image {
+            GRID_ROWS * GRID_COLUMNS
+        } else {
+            live.preview_n.max(1)
+        };
+        let model = tr.sampling_model();
+        let labels = if image {
+            grid_labels(model.classes(), live.class)
+        } else {
+            Vec::new()
+        };
+        let sampling = crate::discrete::DiscreteSampling {
+            steps: if live.solver.kind == SolverKind::Dopri5 {
+                crate::discrete::DiscreteSampling::default().steps
+            } else {
+                live.solver.steps
+            },
+            corrector: live.corrector,
+            guidance: live.guidance,
+        };
+        let s = crate::discrete::sample_tokens(
+            model,
+            &dc,
+            d,
+            n,
+            tr.config().seed,
+            &sampling,
+            (!labels.is_empty()).then_some(labels.as_slice()),
+            true,
+            Some(&cancel),
+            tr.device(),
+        );
+        let s = match s {
+            Err(Error::Interrupted) => return Ok(()),
+            other => other?,
+        };
+        let tok = crate::discrete::Tokenizer::for_shape(dc.levels, &shape);
+        let states = s
+            .states
+            .iter()
+            .map(|st| {
+                let mut v = tok.values(st);
+                tr.dataset().to_data_space(&mut v);
+                v
+            })
+            .collect();
+        self.samples = Some(SampleSnapshot {
+            step: tr.step_count(),
+            sample_shape: shape,
+            times: s.times,
+            states,
+            nfe: s.nfe,
+            guidance: (!labels.is_empty()).then_some(live.guidance),
+            labels,
+            columns: if image { GRID_COLUMNS } else { 0 },
+            complete: true,
+            discrete: true,
+        });
         Ok(())
     }
 

@@ -401,6 +401,7 @@ fn grid_interpolates_between_solver_states() {
         guidance: Some(2.0),
         columns: 2,
         complete: true,
+        discrete: false,
     };
     assert_eq!(row_labels(&s), vec![7, 1]);
     let g = grid_at(&s, 0.75).expect("grid");

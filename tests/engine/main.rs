@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod coupling;
 mod data;
+mod discrete;
 mod flow;
 mod likelihood;
 mod manifold;

@@ -62,6 +62,7 @@ fn start_reports_progress_and_samples_then_pause_stops_within_a_step() {
         guidance: 2.0,
         class: None,
         sample_scheduler: None,
+        corrector: 0.0,
     }))
     .expect("send");
     w.send(Command::Start(Box::new(tiny_config(100_000))))
