@@ -11,7 +11,7 @@ mod quality;
 mod settings;
 mod views;
 
-pub use grid::{PNG_SCALE, grid_at, row_labels};
+pub use grid::{MASK_GREY, PNG_SCALE, grid_at, row_labels};
 pub use quality::{LeftView, QualityEntry};
 pub use views::{Layers, LossView, Playback, density, particles_at, smooth};
 

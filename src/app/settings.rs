@@ -102,6 +102,7 @@ impl FlowLabApp {
 
         ui.separator();
         ui.heading("Model (new run)");
+        let discrete = self.config.discrete.is_some();
         match self.config.model.network_mut() {
             ModelConfig::Mlp(m) => {
                 ui.add(
@@ -130,10 +131,12 @@ impl FlowLabApp {
                     .dataset
                     .manifold()
                     .map_or(2, |m| m.ambient_dim());
-                ui.label(format!(
-                    "{} parameters with these settings",
-                    m.param_count(dim)
-                ));
+                if !discrete {
+                    ui.label(format!(
+                        "{} parameters with these settings",
+                        m.param_count(dim)
+                    ));
+                }
             }
             ModelConfig::Unet(u) => {
                 let sizes: [(&str, [usize; 3]); 3] = [

@@ -642,3 +642,63 @@ fn manifold_runs_show_the_torus_and_a_turnable_globe() {
     h.run_steps(2);
     assert_eq!(h.state().globe, Globe::default());
 }
+
+#[test]
+fn discrete_runs_show_tokens_unmasking_and_grids_hold_between_steps() {
+    use flowlab::app::{MASK_GREY, grid_at};
+    use flowlab::train::worker::SampleSnapshot;
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.step == 4000 && a.snapshot.is_some()
+    });
+    h.get_by_label("discrete").click();
+    h.run_steps(3);
+    let dc = h.state().config.discrete.expect("discrete settings");
+    assert_eq!(dc.levels, 128);
+    h.state_mut().config.steps = 150;
+    h.get_by_label("Train").click();
+    h.run_steps(4);
+    h.get_by_label("Start a new run").click();
+    step_until(&mut h, "the discrete preview", |a| {
+        a.is_discrete_run() && a.snapshot.as_ref().is_some_and(|s| s.discrete)
+    });
+    h.get_by_label("Pause").click();
+    step_until(&mut h, "the pause", |a| !a.running);
+    // No velocity field or learned density for tokens.
+    assert!(h.query_by_label("velocity field").is_none());
+    assert!(h.query_by_label("learned p(x)").is_none());
+    // t = 0: every coordinate masked, so every point waits at the corner.
+    h.state_mut().t = 0.0;
+    let [x0, _, y0, _] = h.state().view_bounds;
+    let p0 = h.state().particles_at_t().expect("particles");
+    assert!(p0.iter().all(|p| p[0] == x0 && p[1] == y0));
+    // t = 1: every coordinate has a value (a bin centre).
+    h.state_mut().t = 1.0;
+    let p1 = h.state().particles_at_t().expect("particles");
+    assert!(
+        p1.iter()
+            .all(|p| p[0].is_finite() && p[1].is_finite() && p[0] != x0)
+    );
+    h.run_steps(2);
+
+    // A discrete image grid holds each step's tokens and shows masks in grey.
+    let n = 2 * 2 * 2;
+    let s = SampleSnapshot {
+        step: 1,
+        sample_shape: vec![1, 2, 2],
+        times: vec![0.0, 0.5, 1.0],
+        states: vec![vec![f32::NAN; n], vec![255.0; n], vec![0.0; n]],
+        nfe: 2,
+        labels: Vec::new(),
+        guidance: None,
+        columns: 2,
+        complete: true,
+        discrete: true,
+    };
+    let px = |t: f64| grid_at(&s, t).expect("grid").get_pixel(2, 2).0[0];
+    assert_eq!(f32::from(px(0.0)), MASK_GREY);
+    assert_eq!(f32::from(px(0.4)), MASK_GREY, "held, not interpolated");
+    assert_eq!(px(0.5), 255);
+    assert_eq!(px(0.99), 255);
+    assert_eq!(px(1.0), 0);
+}

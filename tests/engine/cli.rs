@@ -746,3 +746,103 @@ fn manifold_datasets_train_sample_and_eval_on_the_command_line() {
     ]);
     assert!(err.contains("only for data on the torus"), "{err}");
 }
+
+#[test]
+fn discrete_flows_train_sample_and_eval_on_the_command_line() {
+    let dir = temp_dir("cli-discrete");
+    let ck = dir.join("dm.safetensors");
+    let ck_s = ck.to_str().expect("path");
+    let out = ok(&[
+        "train",
+        "--dataset",
+        "moons",
+        "--flow",
+        "discrete",
+        "--discrete-source",
+        "uniform",
+        "--levels",
+        "64",
+        "--steps",
+        "200",
+        "--batch",
+        "128",
+        "--out",
+        ck_s,
+    ]);
+    assert!(out.contains("held-out W2"), "{out}");
+    // Samples sit on bin centres: 64 bins over [-3, 3] in standardised units.
+    let csv = dir.join("dm.csv");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "-n",
+        "300",
+        "--steps",
+        "10",
+        "--corrector",
+        "1",
+        "--out",
+        csv.to_str().expect("path"),
+    ]);
+    let pts = read_csv(&csv);
+    assert_eq!(pts.len(), 600);
+    let std = flowlab::data::Standardizer::fit(&Toy2d::Moons { noise: 0.05 });
+    let mut model = pts.clone();
+    std.to_model(&mut model);
+    let width = 6.0 / 64.0;
+    for v in model {
+        let k = (v + 3.0) / width - 0.5;
+        assert!((k - k.round()).abs() < 1e-3, "{v} is not a bin centre");
+    }
+    let eval = ok(&["eval", "--checkpoint", ck_s, "-n", "200", "--steps", "5,20"]);
+    assert!(
+        eval.contains("discrete flow: uniform source, 64 levels"),
+        "{eval}"
+    );
+    assert_eq!(eval.matches("\neuler").count(), 2, "{eval}");
+    // Discrete MNIST with a tiny token UNet: IDX digits of 4 grey levels.
+    let config = tiny_unet_config(&dir);
+    let img = dir.join("dmnist.safetensors");
+    ok(&[
+        "train",
+        "--config",
+        config.to_str().expect("path"),
+        "--flow",
+        "discrete",
+        "--steps",
+        "3",
+        "--batch",
+        "8",
+        "--out",
+        img.to_str().expect("path"),
+    ]);
+    let idx = dir.join("d.idx");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        img.to_str().expect("path"),
+        "-n",
+        "4",
+        "--steps",
+        "4",
+        "--out",
+        idx.to_str().expect("path"),
+    ]);
+    let bytes = std::fs::read(&idx).expect("idx");
+    let pixels = bytes.get(16..).expect("pixels");
+    assert_eq!(pixels.len(), 4 * 784);
+    assert!(
+        pixels.iter().all(|p| [0u8, 85, 170, 255].contains(p)),
+        "only the 4 grey levels"
+    );
+    // Discrete settings without --flow discrete are refused.
+    let err = fails(&[
+        "train",
+        "--levels",
+        "8",
+        "--out",
+        dir.join("x.safetensors").to_str().expect("path"),
+    ]);
+    assert!(err.contains("--flow discrete"), "{err}");
+}
