@@ -842,7 +842,7 @@ fn run_train(a: &TrainArgs) -> Result<()> {
         )?;
         println!(
             "held-out W2 ({}, 2000 samples): {w2:.4}  (two independent data sets: {floor:.4}, ratio {:.2})",
-            cfg.solver.describe(),
+            sampler_name(&cfg, &cfg.solver, 0.0),
             w2 / floor
         );
         print_manifold_report(
@@ -857,6 +857,17 @@ fn run_train(a: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The sampler of a run in messages: the ODE solver, or the discrete Euler sampler.
+fn sampler_name(cfg: &TrainConfig, solver: &SolverConfig, corrector: f64) -> String {
+    match &cfg.discrete {
+        Some(_) => format!(
+            "discrete Euler, {} steps, corrector {corrector}",
+            solver.steps
+        ),
+        None => solver.describe(),
+    }
 }
 
 fn describe_model(m: &ModelConfig) -> String {
@@ -1053,14 +1064,7 @@ fn run_sample(a: &SampleArgs) -> Result<()> {
             path.display()
         );
     }
-    let sampler = if discrete {
-        format!(
-            "discrete Euler, {} steps, corrector {}",
-            solver.steps, a.solver.corrector
-        )
-    } else {
-        solver.describe()
-    };
+    let sampler = sampler_name(&meta.config, &solver, a.solver.corrector);
     println!(
         "wrote {} samples to {} ({sampler}, NFE {}, {:.2} s)",
         a.n,

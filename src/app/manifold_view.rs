@@ -246,7 +246,8 @@ impl FlowLabApp {
         let back = Color32::from_gray(48);
         let draw_curve = |pts: Vec<[f64; 3]>| {
             for w in pts.windows(2) {
-                let (a, b) = (globe.view(w[0]), globe.view(w[1]));
+                let &[p, q] = w else { continue };
+                let (a, b) = (globe.view(p), globe.view(q));
                 let colour = if a[2] + b[2] >= 0.0 { front } else { back };
                 painter.line_segment([to_screen(a), to_screen(b)], Stroke::new(1.0, colour));
             }
@@ -312,7 +313,8 @@ impl FlowLabApp {
         if self.layers.trajectories {
             for path in self.manifold_paths_to_t() {
                 for w in path.windows(2) {
-                    let (a, b) = (globe.view(f3(&w[0])), globe.view(f3(&w[1])));
+                    let [p, q] = w else { continue };
+                    let (a, b) = (globe.view(f3(p)), globe.view(f3(q)));
                     let alpha = if a[2] + b[2] >= 0.0 { 150 } else { 35 };
                     painter.line_segment(
                         [to_screen(a), to_screen(b)],
