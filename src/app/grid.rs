@@ -60,7 +60,7 @@ impl FlowLabApp {
 
     /// Classes the current run's model is conditioned on (0: unconditional).
     pub fn run_classes(&self) -> usize {
-        match self.run_config.as_ref().map(|c| &c.model) {
+        match self.run_config.as_ref().map(|c| c.model.network()) {
             Some(ModelConfig::Unet(u)) => u.classes,
             _ => 0,
         }
