@@ -4,6 +4,7 @@
 //! Layout: a top bar (run controls), a left settings panel, the central views
 //! (loss curve, flow at time t) and a bottom status bar.
 
+mod autosave;
 mod files;
 mod grid;
 pub mod manifold_view;
@@ -11,6 +12,7 @@ mod quality;
 mod settings;
 mod views;
 
+pub use autosave::{AutosaveSettings, default_autosave_dir};
 pub use grid::{MASK_GREY, PNG_SCALE, grid_at, row_labels};
 pub use quality::{LeftView, QualityEntry};
 pub use views::{Layers, LossView, Playback, density, particles_at, smooth};
@@ -88,6 +90,8 @@ pub struct Persisted {
     pub playback: Playback,
     /// Keep the seed for new runs (otherwise each new run draws a fresh one).
     pub seed_locked: bool,
+    /// Autosave settings.
+    pub autosave: AutosaveSettings,
 }
 
 impl Default for Persisted {
@@ -100,6 +104,7 @@ impl Default for Persisted {
             loss_view: LossView::default(),
             playback: Playback::default(),
             seed_locked: true,
+            autosave: AutosaveSettings::default(),
         }
     }
 }
@@ -185,6 +190,14 @@ pub struct FlowLabApp {
     pub data_seed: u64,
     /// Data-space bounds of the flow view `[x_min, x_max, y_min, y_max]`.
     pub view_bounds: [f64; 4],
+    /// The folder of this session's autosaves (`None`: autosave unavailable).
+    pub autosave_dir: Option<std::path::PathBuf>,
+    /// Autosave settings.
+    pub autosave: AutosaveSettings,
+    /// A run lost by a crash that the app offers to restore.
+    pub restore_offer: Option<crate::train::autosave::CrashedSession>,
+    /// Step of the newest autosave of the current run.
+    pub last_autosave: Option<u64>,
 }
 
 impl FlowLabApp {
@@ -256,6 +269,10 @@ impl FlowLabApp {
             data_n: 1500,
             data_seed: 0,
             view_bounds: [-3.0, 3.0, -3.0, 3.0],
+            autosave_dir: None,
+            autosave: p.autosave,
+            restore_offer: None,
+            last_autosave: None,
         }
     }
 
@@ -292,6 +309,7 @@ impl FlowLabApp {
                 ..self.playback
             },
             seed_locked: self.seed_locked,
+            autosave: self.autosave,
         }
     }
 
@@ -304,7 +322,9 @@ impl FlowLabApp {
         self.loss_view = p.loss_view;
         self.playback = p.playback;
         self.seed_locked = p.seed_locked;
+        self.autosave = p.autosave;
         self.send(Command::SetLive(self.live));
+        self.apply_autosave();
         self.info("settings reset to their defaults".into());
     }
 
@@ -434,6 +454,7 @@ impl FlowLabApp {
                 self.learned = Some(*d);
             }
             Event::Saved(p) => self.info(format!("saved {}", p.display())),
+            Event::Autosaved { step } => self.last_autosave = Some(step),
             Event::Loaded(p) => self.info(format!("opened {}", p.display())),
             Event::Error(msg) => {
                 self.running = false;
@@ -456,6 +477,7 @@ impl FlowLabApp {
         self.poll_dialog();
         self.file_input(ui);
         self.confirm_ui(ui);
+        self.restore_offer_ui(ui);
         if ui.input(|i| i.key_pressed(egui::Key::Space)) && !ui.ctx().egui_wants_keyboard_input() {
             self.toggle_training();
         }
@@ -614,6 +636,9 @@ pub fn run(open: Option<Opening>) -> crate::Result<()> {
                 .and_then(|s| eframe::get_value::<Persisted>(s, eframe::APP_KEY));
             let repaint: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
             let mut app = FlowLabApp::with_settings(repaint, restored);
+            if let Some(dir) = autosave::default_autosave_dir() {
+                app.use_autosave_dir(dir);
+            }
             match &open {
                 Some(Opening::Pretrained(p)) => app.open_pretrained(*p),
                 Some(Opening::File(f)) => app.open(f),

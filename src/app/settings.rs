@@ -514,6 +514,10 @@ impl FlowLabApp {
         device_ui(ui);
 
         ui.separator();
+        ui.heading("Autosave");
+        self.autosave_settings_ui(ui);
+
+        ui.separator();
         let changed = self.run_config.as_ref() != Some(&self.config);
         let button = egui::Button::new(if changed {
             "Train a new run with these settings"

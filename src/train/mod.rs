@@ -1,6 +1,7 @@
 //! Training: the run configuration, AdamW, seeded parameter initialisation and
 //! the training loop, and the background worker thread that runs it for the app.
 
+pub mod autosave;
 pub mod config;
 pub mod optim;
 pub mod trainer;

@@ -156,6 +156,8 @@ pub enum Command {
         /// Data-space bounds `[x_min, x_max, y_min, y_max]`.
         bounds: [f64; 4],
     },
+    /// Turn autosave on (or off with `None`) for the runs of this worker.
+    Autosave(Option<super::autosave::AutosavePolicy>),
     /// End the thread.
     Shutdown,
 }
@@ -302,6 +304,11 @@ pub enum Event {
     },
     /// A checkpoint was written.
     Saved(PathBuf),
+    /// The run was autosaved at this step.
+    Autosaved {
+        /// Steps in the autosave.
+        step: u64,
+    },
     /// A checkpoint was loaded.
     Loaded(PathBuf),
     /// Something failed; the message is for the person.
@@ -349,6 +356,9 @@ impl Worker {
             progress: Vec::new(),
             samples: None,
             preview_wanted: false,
+            autosave: None,
+            last_autosave: std::time::Instant::now(),
+            autosaved_step: None,
         };
         let handle = std::thread::Builder::new()
             .name("flowlab-trainer".into())
@@ -441,6 +451,12 @@ struct State {
     samples: Option<SampleSnapshot>,
     /// A preview is due once the queued commands are handled (requests coalesce).
     preview_wanted: bool,
+    /// Where and how often to autosave (`None`: off).
+    autosave: Option<super::autosave::AutosavePolicy>,
+    /// When the last autosave was written (or autosave turned on).
+    last_autosave: std::time::Instant,
+    /// The step of the newest autosave of the current run.
+    autosaved_step: Option<u64>,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -541,6 +557,7 @@ impl State {
             Command::Start(cfg) => {
                 self.running = false;
                 self.trainer = None;
+                self.new_autosave_run();
                 let tr = Trainer::new(*cfg, &self.device)?;
                 self.ready(tr);
                 self.preview_wanted = true;
@@ -552,7 +569,15 @@ impl State {
                     self.running = false;
                     let step = self.trainer()?.step_count();
                     self.outbox.push_back(Event::Paused { step });
+                    self.autosave_now();
                 }
+            }
+            Command::Autosave(policy) => {
+                if let Some(p) = &policy {
+                    p.validate()?;
+                }
+                self.autosave = policy;
+                self.last_autosave = std::time::Instant::now();
             }
             Command::Resume => {
                 self.trainer()?;
@@ -568,6 +593,7 @@ impl State {
                 let cfg = self.trainer()?.config().clone();
                 self.running = false;
                 self.trainer = None;
+                self.new_autosave_run();
                 let tr = Trainer::new(cfg, &self.device)?;
                 self.ready(tr);
                 self.preview_wanted = true;
@@ -725,8 +751,56 @@ impl State {
         })
     }
 
+    /// A new run replaces the current one: the current run's autosaves go
+    /// (the person confirmed replacing it), the next autosave starts afresh.
+    fn new_autosave_run(&mut self) {
+        if let Some(a) = &self.autosave {
+            super::autosave::prune(&a.dir, std::process::id(), 0);
+        }
+        self.autosaved_step = None;
+        self.last_autosave = std::time::Instant::now();
+    }
+
+    /// Writes an autosave of the current run if it has steps the newest
+    /// autosave lacks, then prunes the old ones. A failure turns autosave off
+    /// with one message (training goes on).
+    fn autosave_now(&mut self) {
+        let Some(policy) = self.autosave.clone() else {
+            return;
+        };
+        let Some(tr) = self.trainer.as_ref() else {
+            return;
+        };
+        let step = tr.step_count();
+        if step == 0 || self.autosaved_step == Some(step) {
+            return;
+        }
+        self.last_autosave = std::time::Instant::now();
+        let pid = std::process::id();
+        let path = super::autosave::autosave_path(&policy.dir, pid, step);
+        let written = std::fs::create_dir_all(&policy.dir)
+            .map_err(|e| Error::io("cannot create", &policy.dir, e))
+            .and_then(|()| Checkpoint::from_trainer(tr))
+            .and_then(|c| c.save(&path));
+        match written {
+            Ok(()) => {
+                self.autosaved_step = Some(step);
+                super::autosave::prune(&policy.dir, pid, policy.keep);
+                self.outbox.push_back(Event::Autosaved { step });
+            }
+            Err(e) => {
+                self.autosave = None;
+                self.outbox.push_back(Event::Error(format!(
+                    "autosave failed, so it is off for this session: {e}"
+                )));
+            }
+        }
+    }
+
     fn load(&mut self, ck: Checkpoint, path: PathBuf) -> Result<()> {
         let tr = ck.into_trainer(&self.device, &path)?;
+        // Older autosaves are pruned as this run's own arrive.
+        self.autosaved_step = Some(tr.step_count());
         self.running = false;
         self.trainer = None;
         self.ready(tr);
@@ -742,10 +816,18 @@ impl State {
             self.running = false;
             self.outbox.push_back(Event::Finished { step });
             self.preview_wanted = true;
+            self.autosave_now();
             return Ok(());
         }
         let report = tr.step()?;
         self.progress.push(report);
+        if self
+            .autosave
+            .as_ref()
+            .is_some_and(|a| self.last_autosave.elapsed() >= a.every)
+        {
+            self.autosave_now();
+        }
         let every = self.live.map_or(0, |l| l.preview_every);
         if every > 0 && report.step.is_multiple_of(every) {
             self.preview_wanted = true;
@@ -757,6 +839,7 @@ impl State {
                 self.steps_left = None;
                 self.outbox.push_back(Event::Paused { step: report.step });
                 self.preview_wanted = true;
+                self.autosave_now();
             }
         }
         Ok(())

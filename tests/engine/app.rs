@@ -702,3 +702,71 @@ fn discrete_runs_show_tokens_unmasking_and_grids_hold_between_steps() {
     assert_eq!(px(0.99), 255);
     assert_eq!(px(1.0), 0);
 }
+
+#[test]
+fn the_app_offers_to_restore_a_run_lost_in_a_crash() {
+    use flowlab::train::autosave::{autosave_path, autosaves, marker_path};
+    const DEAD_PID: u32 = 4_000_000_001;
+    let dir = crate::common::temp_dir("app-restore");
+    // The run a crashed session left behind: 30 steps of a small model.
+    let mut tr =
+        flowlab::train::Trainer::new(crate::common::tiny_config(30), &candle_core::Device::Cpu)
+            .expect("trainer");
+    tr.run(|_| std::ops::ControlFlow::Continue(()))
+        .expect("train");
+    let lost = autosave_path(&dir, DEAD_PID, 30);
+    flowlab::checkpoint::Checkpoint::from_trainer(&tr)
+        .and_then(|c| c.save(&lost))
+        .expect("save");
+    std::fs::write(marker_path(&dir, DEAD_PID), b"").expect("marker");
+    let mut app = FlowLabApp::new(Arc::new(|| {}));
+    app.use_autosave_dir(dir.clone());
+    assert_eq!(app.restore_offer.as_ref().map(|o| o.step), Some(30));
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(|ui, app: &mut FlowLabApp| app.ui(ui), app);
+    step_until(&mut h, "the pretrained model", |a| a.step == 4000);
+    h.get_by_label("Restore the autosaved run").click();
+    step_until(&mut h, "the restored run", |a| {
+        a.step == 30 && a.loss.len() == 30
+    });
+    assert!(h.state().restore_offer.is_none());
+    assert!(
+        !marker_path(&dir, DEAD_PID).exists(),
+        "the lost session is cleared"
+    );
+    let mine: Vec<u64> = autosaves(&dir)
+        .into_iter()
+        .filter(|(p, _, _)| *p == std::process::id())
+        .map(|(_, s, _)| s)
+        .collect();
+    assert_eq!(
+        mine,
+        vec![30],
+        "the restored autosave is now this session's"
+    );
+    assert!(marker_path(&dir, std::process::id()).exists());
+    // A clean exit removes this session's marker and autosaves.
+    drop(h);
+    assert!(!marker_path(&dir, std::process::id()).exists());
+    assert!(autosaves(&dir).is_empty());
+
+    // Discarding deletes the lost run.
+    std::fs::copy(
+        "weights/moons.safetensors",
+        autosave_path(&dir, DEAD_PID, 4000),
+    )
+    .expect("copy");
+    std::fs::write(marker_path(&dir, DEAD_PID), b"").expect("marker");
+    let mut app = FlowLabApp::new(Arc::new(|| {}));
+    app.use_autosave_dir(dir.clone());
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(|ui, app: &mut FlowLabApp| app.ui(ui), app);
+    h.run_steps(2);
+    h.get_by_label("Discard it").click();
+    h.run_steps(2);
+    assert!(h.state().restore_offer.is_none());
+    assert!(autosaves(&dir).iter().all(|(p, _, _)| *p != DEAD_PID));
+    assert!(!marker_path(&dir, DEAD_PID).exists());
+}

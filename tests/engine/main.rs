@@ -2,6 +2,7 @@
 //! heavy dependencies are linked once). Run with `cargo test --release`.
 
 mod app;
+mod autosave;
 mod checkpoint;
 mod classifier;
 mod cli;
