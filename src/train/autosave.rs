@@ -125,7 +125,7 @@ pub fn crashed_sessions(dir: &Path) -> Vec<CrashedSession> {
             if process_alive(pid) {
                 return None;
             }
-            let (_, step, path) = saves.iter().filter(|(p, _, _)| *p == pid).next_back()?;
+            let (_, step, path) = saves.iter().rfind(|(p, _, _)| *p == pid)?;
             Some(CrashedSession {
                 pid,
                 step: *step,
@@ -133,7 +133,7 @@ pub fn crashed_sessions(dir: &Path) -> Vec<CrashedSession> {
             })
         })
         .collect();
-    out.sort_by(|a, b| b.step.cmp(&a.step));
+    out.sort_by_key(|s| std::cmp::Reverse(s.step));
     out
 }
 
