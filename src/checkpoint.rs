@@ -302,6 +302,38 @@ impl Checkpoint {
         Ok(out)
     }
 
+    /// Checks, before any parameter is allocated, that the stored `model.*`
+    /// tensors have exactly the names and shapes that the stored configuration
+    /// asks for: the model is built on the file's own tensors, so a file whose
+    /// configuration claims a far larger network than it holds is refused
+    /// instead of allocating it.
+    fn check_architecture(&self, path: &Path) -> Result<()> {
+        let stored: HashMap<String, Tensor> = self
+            .tensors
+            .iter()
+            .filter_map(|(k, t)| Some((k.strip_prefix("model.")?.to_string(), t.clone())))
+            .collect();
+        let count = stored.len();
+        let vb = candle_nn::VarBuilder::from_tensors(stored, DType::F32, &Device::Cpu);
+        self.meta
+            .config
+            .model
+            .build(&self.meta.sample_shape, vb)
+            .map_err(|e| {
+                // The first line: candle appends a backtrace when one was captured.
+                let reason = e.to_string();
+                let reason = reason.lines().next().unwrap_or_default().to_string();
+                let reason = reason.trim_start_matches("tensor error: ").to_string();
+                Error::checkpoint(
+                    path,
+                    format!(
+                        "its weights do not match the model described in its configuration ({count} `model` tensors stored): {reason}"
+                    ),
+                )
+            })?;
+        Ok(())
+    }
+
     /// Rebuilds the model for sampling, with the EMA weights when stored
     /// (`prefer_ema`), else the training weights. `path` names the file in errors.
     pub fn model(
@@ -310,6 +342,7 @@ impl Checkpoint {
         prefer_ema: bool,
         path: &Path,
     ) -> Result<Box<dyn FlowModel>> {
+        self.check_architecture(path)?;
         let (model, params) =
             Params::build(&self.meta.config.model, &self.meta.sample_shape, device)
                 .map_err(|e| Error::checkpoint(path, format!("cannot build its model: {e}")))?;
@@ -327,6 +360,7 @@ impl Checkpoint {
     /// it stopped. A weights-only file resumes with zero optimiser moments (and
     /// the bias correction restarted) and its weights as the EMA.
     pub fn into_trainer(self, device: &Device, path: &Path) -> Result<Trainer> {
+        self.check_architecture(path)?;
         let mut tr = Trainer::new(self.meta.config.clone(), device)?;
         if tr.sample_shape() != self.meta.sample_shape.as_slice() {
             return Err(Error::checkpoint(

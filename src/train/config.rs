@@ -168,6 +168,11 @@ impl Default for TrainConfig {
 /// [`crate::model::MlpConfig::fourier_features`]).
 pub const MANIFOLD_FOURIER_FEATURES: usize = 64;
 
+/// Largest held-out batch.
+pub const MAX_HELD_OUT: usize = 1 << 16;
+/// Largest batch of images (a 28x28 UNet batch of 4096 already needs gigabytes).
+pub const MAX_IMAGE_BATCH: usize = 4096;
+
 /// Classes of MNIST (the digits), which a UNet for MNIST is conditioned on by default.
 pub const MNIST_CLASSES: usize = 10;
 
@@ -301,6 +306,18 @@ impl TrainConfig {
             return Err(Error::config(format!(
                 "label dropout must be in [0, 1], got {}",
                 self.label_dropout
+            )));
+        }
+        if self.held_out_size > MAX_HELD_OUT {
+            return Err(Error::config(format!(
+                "held-out size must be at most {MAX_HELD_OUT}, got {}",
+                self.held_out_size
+            )));
+        }
+        if self.dataset.is_image() && self.batch_size > MAX_IMAGE_BATCH {
+            return Err(Error::config(format!(
+                "batch size for images must be at most {MAX_IMAGE_BATCH}, got {}",
+                self.batch_size
             )));
         }
         if self.held_out_size == 0 && self.held_out_every > 0 {

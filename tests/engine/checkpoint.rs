@@ -188,7 +188,32 @@ fn a_file_whose_weights_do_not_match_its_model_is_rejected() {
     });
     let err = load_err(&path);
     assert!(err.contains("do not match the model"), "{err}");
-    assert!(err.contains("the model needs"), "{err}");
+    assert!(
+        err.contains("layers.0.weight") && err.contains("[48, 35]"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("backtrace") && err.lines().count() == 1,
+        "{err}"
+    );
+    let err = LoadedModel::load(&path, &Device::Cpu)
+        .err()
+        .expect("sampling load fails too")
+        .to_string();
+    assert!(err.contains("do not match"), "{err}");
+}
+
+#[test]
+fn a_file_claiming_a_huge_model_is_refused_without_building_it() {
+    // 64 layers of 16384 units would be 17 G parameters (68 GB): the file's own
+    // tensors are checked against the claimed shapes before anything is allocated.
+    let (path, _) = saved("huge");
+    rewrite_meta(&path, |m| {
+        m["config"]["model"]["width"] = serde_json::json!(16384);
+        m["config"]["model"]["depth"] = serde_json::json!(64);
+    });
+    let err = load_err(&path);
+    assert!(err.contains("do not match the model"), "{err}");
     let err = LoadedModel::load(&path, &Device::Cpu)
         .err()
         .expect("sampling load fails too")
