@@ -366,8 +366,10 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io("cannot read", p, e))?;
-            TrainConfig::from_json(&text)
-                .map_err(|e| Error::config(format!("{}: {e}", p.display())))?
+            TrainConfig::from_json(&text).map_err(|e| match e {
+                Error::Config(m) => Error::config(format!("{}: {m}", p.display())),
+                other => other,
+            })?
         }
         None => TrainConfig::default(),
     };

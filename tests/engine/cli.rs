@@ -846,3 +846,59 @@ fn discrete_flows_train_sample_and_eval_on_the_command_line() {
     ]);
     assert!(err.contains("--flow discrete"), "{err}");
 }
+
+#[test]
+fn a_full_disk_and_a_bad_config_file_fail_with_one_message_and_lose_nothing() {
+    let dir = temp_dir("cli-full-disk");
+    let ck = dir.join("keep.safetensors");
+    let ck_s = ck.to_str().expect("utf8");
+    ok(&[
+        "train", "--steps", "5", "--width", "16", "--batch", "32", "--out", ck_s,
+    ]);
+    let before = std::fs::read(&ck).expect("saved");
+    // A full disk, simulated with a 64 KiB file-size limit (SIGXFSZ ignored, so
+    // the write fails with an error instead of killing the process).
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 64; trap '' XFSZ; exec '{}' train --steps 5 --width 256 --batch 32 --out '{}'",
+            env!("CARGO_BIN_EXE_flowlab"),
+            ck_s
+        ))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed save is an error");
+    assert!(err.contains("keep.safetensors"), "names the file: {err}");
+    assert_eq!(
+        std::fs::read(&ck).expect("still there"),
+        before,
+        "the old checkpoint is untouched"
+    );
+    let stray: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "keep.safetensors")
+        .collect();
+    assert!(stray.is_empty(), "no partial files left: {stray:?}");
+    // A config file that is not valid JSON, and one with a value out of range.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"batch_size\": 12,").expect("write");
+    let err = fails(&[
+        "train",
+        "--config",
+        bad.to_str().expect("utf8"),
+        "--out",
+        ck_s,
+    ]);
+    assert!(err.contains("bad.json") && err.contains("JSON"), "{err}");
+    std::fs::write(&bad, "{\"optimizer\": {\"lr\": -0.5}}").expect("write");
+    let err = fails(&[
+        "train",
+        "--config",
+        bad.to_str().expect("utf8"),
+        "--out",
+        ck_s,
+    ]);
+    assert!(err.contains("learning rate"), "{err}");
+}
