@@ -15,6 +15,7 @@ mod likelihood;
 mod manifold;
 mod metrics;
 mod ops;
+mod props;
 mod solver;
 mod train;
 mod unet;
