@@ -301,5 +301,13 @@ pub fn run(o: &BenchOptions) -> Result<String> {
     if o.wants("ops") || o.wants("conv") {
         report.push_str(&ops_table(o)?);
     }
+    #[cfg(feature = "gui")]
+    if o.wants("gui frame") {
+        let f = crate::app::frame_bench::frame_times(o.seconds)?;
+        report.push_str(&format!(
+            "\n| GUI frame while training (1280x800, every flow layer on; layout + tessellation, no GPU) | frames | mean | p95 | max | training meanwhile |\n|---|---|---|---|---|---|\n| default moons run | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} steps/s |\n",
+            f.frames, f.mean_ms, f.p95_ms, f.max_ms, f.steps_per_sec
+        ));
+    }
     Ok(report)
 }

@@ -6,6 +6,7 @@
 
 mod autosave;
 mod files;
+pub mod frame_bench;
 mod grid;
 pub mod manifold_view;
 mod quality;
