@@ -85,6 +85,26 @@ impl FlowLabApp {
         ));
     }
 
+    /// After a divergence: the newest autosave from before the last good step
+    /// (the state at the last good step itself is what the model holds now).
+    pub fn rollback_step(&self) -> Option<u64> {
+        if !self.diverged || self.autosave_dir.is_none() {
+            return None;
+        }
+        self.autosaved_steps
+            .iter()
+            .rev()
+            .find(|&&s| s < self.step)
+            .copied()
+    }
+
+    /// Opens the autosave of [`FlowLabApp::rollback_step`].
+    pub fn roll_back(&mut self) {
+        if let (Some(step), Some(dir)) = (self.rollback_step(), self.autosave_dir.clone()) {
+            self.open(&autosave_path(&dir, std::process::id(), step));
+        }
+    }
+
     /// Declines the offered run and deletes its autosaves.
     pub fn discard_crashed(&mut self) {
         if let (Some(offer), Some(dir)) = (self.restore_offer.take(), &self.autosave_dir) {

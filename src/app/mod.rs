@@ -199,6 +199,10 @@ pub struct FlowLabApp {
     pub restore_offer: Option<crate::train::autosave::CrashedSession>,
     /// Step of the newest autosave of the current run.
     pub last_autosave: Option<u64>,
+    /// Steps of the autosaves this session still keeps, oldest first.
+    pub autosaved_steps: Vec<u64>,
+    /// Whether the current run diverged (the roll-back offer shows).
+    pub diverged: bool,
 }
 
 impl FlowLabApp {
@@ -274,6 +278,8 @@ impl FlowLabApp {
             autosave: p.autosave,
             restore_offer: None,
             last_autosave: None,
+            autosaved_steps: Vec::new(),
+            diverged: false,
         }
     }
 
@@ -392,6 +398,11 @@ impl FlowLabApp {
                 param_count,
                 history,
             } => {
+                self.diverged = false;
+                if step == 0 {
+                    // A fresh run: the worker dropped the old run's autosaves.
+                    self.autosaved_steps.clear();
+                }
                 self.step = step;
                 self.param_count = param_count;
                 if self.adopt_config {
@@ -455,7 +466,24 @@ impl FlowLabApp {
                 self.learned = Some(*d);
             }
             Event::Saved(p) => self.info(format!("saved {}", p.display())),
-            Event::Autosaved { step } => self.last_autosave = Some(step),
+            Event::Autosaved { step } => {
+                self.last_autosave = Some(step);
+                self.autosaved_steps.push(step);
+                let excess = self
+                    .autosaved_steps
+                    .len()
+                    .saturating_sub(self.autosave.keep.max(1));
+                self.autosaved_steps.drain(..excess);
+            }
+            Event::Diverged {
+                last_good_step,
+                message,
+            } => {
+                self.running = false;
+                self.step = last_good_step;
+                self.diverged = true;
+                self.error(message);
+            }
             Event::Loaded(p) => self.info(format!("opened {}", p.display())),
             Event::Error(msg) => {
                 self.running = false;
@@ -593,6 +621,14 @@ impl FlowLabApp {
                 ui.visuals().text_color()
             };
             ui.colored_label(color, &self.status);
+            if let Some(step) = self.rollback_step()
+                && ui
+                    .button(format!("Roll back to the autosave of step {step}"))
+                    .on_hover_text("Open the newest autosave from before the divergence")
+                    .clicked()
+            {
+                self.roll_back();
+            }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 ui.label(format!("{} parameters · CPU", self.param_count));
             });

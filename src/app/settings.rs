@@ -376,6 +376,10 @@ impl FlowLabApp {
         {
             self.live.lr = lr;
             self.config.optimizer.lr = lr;
+            // Live: the running model takes it too, so Train resumes it.
+            if let Some(rc) = self.run_config.as_mut() {
+                rc.optimizer.lr = lr;
+            }
             self.send(Command::SetLive(self.live));
         }
         ui.add(

@@ -304,6 +304,14 @@ pub enum Event {
     },
     /// A checkpoint was written.
     Saved(PathBuf),
+    /// Training diverged (NaN or infinite loss or gradient) and paused; the
+    /// model is at its last good step.
+    Diverged {
+        /// The step whose weights were kept.
+        last_good_step: u64,
+        /// The explanation for the person.
+        message: String,
+    },
     /// The run was autosaved at this step.
     Autosaved {
         /// Steps in the autosave.
@@ -819,7 +827,22 @@ impl State {
             self.autosave_now();
             return Ok(());
         }
-        let report = tr.step()?;
+        let report = match tr.step() {
+            Ok(r) => r,
+            Err(e @ Error::NonFinite { .. }) => {
+                // The weights of the last good step stay; training pauses.
+                if let Error::NonFinite { last_good_step, .. } = e {
+                    self.running = false;
+                    self.steps_left = None;
+                    self.outbox.push_back(Event::Diverged {
+                        last_good_step,
+                        message: e.to_string(),
+                    });
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         self.progress.push(report);
         if self
             .autosave

@@ -770,3 +770,61 @@ fn the_app_offers_to_restore_a_run_lost_in_a_crash() {
     assert!(autosaves(&dir).iter().all(|(p, _, _)| *p != DEAD_PID));
     assert!(!marker_path(&dir, DEAD_PID).exists());
 }
+
+#[test]
+fn divergence_pauses_training_with_the_reason_and_offers_a_roll_back() {
+    let dir = crate::common::temp_dir("app-diverge");
+    let mut app = FlowLabApp::new(Arc::new(|| {}));
+    app.use_autosave_dir(dir.clone());
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(|ui, app: &mut FlowLabApp| app.ui(ui), app);
+    step_until(&mut h, "the pretrained model", |a| a.step == 4000);
+    // A far too large learning rate without clipping: this run blows up at step 3.
+    {
+        let app = h.state_mut();
+        app.config.optimizer.lr = 10.0;
+        app.config.optimizer.grad_clip = None;
+        app.config.optimizer.warmup_steps = 0;
+        app.config.batch_size = 64;
+        app.config.steps = 300;
+        app.config.seed = 0;
+        app.live.lr = 10.0;
+    }
+    h.run_steps(2);
+    h.get_by_label("Train").click();
+    h.run_steps(4);
+    h.get_by_label("Start a new run").click();
+    step_until(&mut h, "the divergence", |a| a.diverged);
+    let status = h.state().status.clone();
+    assert!(
+        h.state().status_is_error && status.contains("diverged"),
+        "{status}"
+    );
+    assert!(status.contains("were kept"), "{status}");
+    assert!(!h.state().running, "training paused");
+    let last_good = h.state().step;
+    assert!(h.state().rollback_step().is_none(), "no autosave yet");
+    // Again from fresh weights, one step at a time: the pause autosaves step 1.
+    h.get_by_label("Reset").click();
+    step_until(&mut h, "the reset", |a| a.step == 0 && !a.diverged);
+    h.state_mut().step_n = 1;
+    h.run_steps(2);
+    h.get_by_label("Step").click();
+    step_until(&mut h, "the autosave of step 1", |a| {
+        !a.running && a.last_autosave == Some(1)
+    });
+    h.get_by_label("Train").click();
+    step_until(&mut h, "the same divergence", |a| a.diverged);
+    assert_eq!(
+        h.state().step,
+        last_good,
+        "the same batches diverge at the same step"
+    );
+    // Roll back to the autosave from before the divergence.
+    assert_eq!(h.state().rollback_step(), Some(1));
+    h.get_by_label("Roll back to the autosave of step 1")
+        .click();
+    step_until(&mut h, "the roll-back", |a| a.step == 1 && !a.diverged);
+    assert!(h.state().loss.iter().all(|p| p[1].is_finite()));
+}
