@@ -31,6 +31,9 @@ pub const FORMAT_KEY: &str = "flowlab.format";
 pub const FORMAT_NAME: &str = "flowlab-checkpoint";
 /// Metadata key of the JSON [`CheckpointMeta`].
 pub const META_KEY: &str = "flowlab.meta";
+/// Most values in one sample that a checkpoint may declare (a 4096x4096 image).
+pub const MAX_SAMPLE_VALUES: usize = 1 << 24;
+
 /// Tensor holding the loss history `(n, 3)`: step, loss, held-out loss (NaN when not measured).
 pub const HISTORY_KEY: &str = "history.loss";
 /// The format version this build writes and reads.
@@ -234,6 +237,19 @@ impl Checkpoint {
         meta.config
             .validate()
             .map_err(|e| err(format!("the stored configuration is invalid: {e}")))?;
+        let values = meta
+            .sample_shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d).filter(|_| d > 0));
+        if meta.sample_shape.is_empty()
+            || meta.sample_shape.len() > 4
+            || values.is_none_or(|v| v > MAX_SAMPLE_VALUES)
+        {
+            return Err(err(format!(
+                "its sample shape {:?} is out of range (1 to 4 sizes, at most {MAX_SAMPLE_VALUES} values)",
+                meta.sample_shape
+            )));
+        }
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| err(format!("the file is truncated or corrupt ({e})")))?;
         let named: Vec<(&str, &[u8])> = st.iter().map(|(n, v)| (n, v.data())).collect();

@@ -128,6 +128,16 @@ impl Mlp {
             return Err(Error::config("an MLP needs at least one input and output"));
         }
         let embed = TimeEmbedding::new(cfg.time_embedding, vb.device())?;
+        let mut layers = Vec::with_capacity(cfg.depth + 1);
+        let mut fan_in = dim + 2 * cfg.fourier_features + cfg.time_embedding.out_dim();
+        let vb = vb.pp("layers");
+        for i in 0..cfg.depth {
+            layers.push(candle_nn::linear(fan_in, cfg.width, vb.pp(i))?);
+            fan_in = cfg.width;
+        }
+        layers.push(candle_nn::linear(fan_in, out_dim, vb.pp(cfg.depth))?);
+        // After the layers: a stored model whose shapes do not match has been
+        // refused by then, before this (dim x features) matrix is made.
         let fourier = if cfg.fourier_features > 0 {
             let mut rng = crate::rng::stream_rng(FOURIER_SEED, crate::rng::Stream::Init, 0);
             let b: Vec<f32> = crate::rng::gaussian(dim * cfg.fourier_features, &mut rng)
@@ -142,14 +152,6 @@ impl Mlp {
         } else {
             None
         };
-        let mut layers = Vec::with_capacity(cfg.depth + 1);
-        let mut fan_in = dim + 2 * cfg.fourier_features + cfg.time_embedding.out_dim();
-        let vb = vb.pp("layers");
-        for i in 0..cfg.depth {
-            layers.push(candle_nn::linear(fan_in, cfg.width, vb.pp(i))?);
-            fan_in = cfg.width;
-        }
-        layers.push(candle_nn::linear(fan_in, out_dim, vb.pp(cfg.depth))?);
         Ok(Mlp {
             cfg,
             embed,

@@ -222,6 +222,32 @@ fn a_file_claiming_a_huge_model_is_refused_without_building_it() {
 }
 
 #[test]
+fn absurd_sample_shapes_and_fourier_matrices_are_refused_before_allocation() {
+    // Out of range outright.
+    let (path, _) = saved("shape");
+    rewrite_meta(&path, |m| {
+        m["sample_shape"] = serde_json::json!([100000, 100000, 100000]);
+    });
+    assert!(
+        load_err(&path).contains("sample shape"),
+        "{}",
+        load_err(&path)
+    );
+    // In range, but with 4096 Fourier features it would ask for a
+    // (16.7 M x 4096) frequency matrix: the stored weights are checked first.
+    let (path, _) = saved("fourier");
+    rewrite_meta(&path, |m| {
+        m["sample_shape"] = serde_json::json!([1, 4096, 4096]);
+        m["config"]["model"]["fourier_features"] = serde_json::json!(4096);
+    });
+    let err = LoadedModel::load(&path, &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("do not match"), "{err}");
+}
+
+#[test]
 fn unsupported_versions_and_invalid_configs_are_rejected() {
     let (path, _) = saved("version");
     rewrite_meta(&path, |m| m["format_version"] = serde_json::json!(99));
