@@ -643,14 +643,15 @@ pub fn draw_samples(
     }
 }
 
-/// W2 of 2D samples (data space) to fresh held-out data, with the data-vs-data floor.
+/// W2 of samples (data space) to fresh held-out data, with the data-vs-data
+/// floor, and the samples themselves.
 pub fn heldout_w2(
     model: &dyn crate::model::FlowModel,
     meta: &CheckpointMeta,
     solver: &SolverConfig,
     n: usize,
     seed: u64,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, Vec<f32>)> {
     let mut s = draw_samples(
         model,
         &meta.config,
@@ -668,35 +669,19 @@ pub fn heldout_w2(
     meta.to_data_space(&mut s);
     let (a, b) = reference_sets(meta, n, seed, None)?;
     let dim = meta.sample_shape.iter().product();
-    Ok((w2_exact(&s, &a, dim)?, w2_exact(&a, &b, dim)?))
+    Ok((w2_exact(&s, &a, dim)?, w2_exact(&a, &b, dim)?, s))
 }
 
-/// For a model on a manifold: the largest distance of its samples from the
-/// manifold and, for a checkerboard, the share on the dark squares (`None` for
-/// the mixtures).
-pub fn manifold_report(
-    model: &dyn VelocityField,
-    meta: &CheckpointMeta,
-    solver: &SolverConfig,
-    n: usize,
-    seed: u64,
-) -> Result<Option<(f64, Option<f64>)>> {
+/// For a model on a manifold, from its `samples`: their largest distance from
+/// the manifold and, for a checkerboard, the share on the dark squares (`None`
+/// for the mixtures). `None` for flat data.
+pub fn manifold_report(meta: &CheckpointMeta, samples: &[f32]) -> Option<(f64, Option<f64>)> {
     let DatasetKind::Manifold { set } = &meta.config.dataset else {
-        return Ok(None);
+        return None;
     };
-    let s = sample(
-        model,
-        &meta.config.source,
-        &meta.sample_shape,
-        n,
-        seed,
-        solver,
-        false,
-        &Device::Cpu,
-    )?;
-    let off = set.manifold().max_off_manifold(&s.data);
-    let share = set.has_support_test().then(|| set.support_share(&s.data));
-    Ok(Some((off, share)))
+    let off = set.manifold().max_off_manifold(samples);
+    let share = set.has_support_test().then(|| set.support_share(samples));
+    Some((off, share))
 }
 
 fn print_manifold_report(report: Option<(f64, Option<f64>)>, solver: &SolverConfig) {
@@ -835,7 +820,7 @@ fn run_train(a: &TrainArgs) -> Result<()> {
         println!("held-out loss: {h:.4}");
     }
     if !cfg.dataset.is_image() {
-        let (w2, floor) = heldout_w2(
+        let (w2, floor, samples) = heldout_w2(
             tr.sampling_model(),
             &checkpoint.meta,
             &cfg.solver,
@@ -847,16 +832,7 @@ fn run_train(a: &TrainArgs) -> Result<()> {
             sampler_name(&cfg, &cfg.solver, 0.0),
             w2 / floor
         );
-        print_manifold_report(
-            manifold_report(
-                tr.sampling_model(),
-                &checkpoint.meta,
-                &cfg.solver,
-                2000,
-                cfg.seed,
-            )?,
-            &cfg.solver,
-        );
+        print_manifold_report(manifold_report(&checkpoint.meta, &samples), &cfg.solver);
     }
     Ok(())
 }

@@ -174,18 +174,7 @@ impl FlowLabApp {
 
     /// Asks for the tangent field when its layer is on and the shown one is stale.
     fn request_tangent_field(&mut self) {
-        if !self.layers.field || self.field_pending || self.run_config.is_none() {
-            return;
-        }
-        let step = self.snapshot.as_ref().map_or(0, |s| s.step);
-        let fresh = self
-            .tangent_field
-            .as_ref()
-            .is_some_and(|f| (f.t - self.t).abs() < 1e-3)
-            && self.field_step == step;
-        if !fresh {
-            self.field_pending = true;
-            self.field_step = step;
+        if self.field_due(self.tangent_field.as_ref().map(|f| f.t)) {
             self.send(Command::TangentField {
                 t: self.t,
                 n: FIELD_POINTS,

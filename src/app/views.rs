@@ -480,20 +480,25 @@ impl FlowLabApp {
         });
     }
 
-    /// Asks the worker for v(x, t) when the field layer is on and the shown one is stale.
-    fn request_field(&mut self) {
+    /// Whether a velocity field should be asked for: its layer is on, none is
+    /// on the way, and the one shown (drawn at time `shown_t`) is for another
+    /// time or other weights. When due, it is marked as on the way.
+    pub(super) fn field_due(&mut self, shown_t: Option<f64>) -> bool {
         if !self.layers.field || self.field_pending || self.run_config.is_none() {
-            return;
+            return false;
         }
         let step = self.snapshot.as_ref().map_or(0, |s| s.step);
-        let fresh = self
-            .field
-            .as_ref()
-            .is_some_and(|f| (f.t - self.t).abs() < 1e-3)
-            && self.field_step == step;
+        let fresh = shown_t.is_some_and(|t| (t - self.t).abs() < 1e-3) && self.field_step == step;
         if !fresh {
             self.field_pending = true;
             self.field_step = step;
+        }
+        !fresh
+    }
+
+    /// Asks the worker for v(x, t) when the field layer is on and the shown one is stale.
+    fn request_field(&mut self) {
+        if self.field_due(self.field.as_ref().map(|f| f.t)) {
             self.send(Command::Field {
                 t: self.t,
                 n: FIELD_GRID,
