@@ -3,7 +3,9 @@
 //! differences.
 
 use candle_core::{DType, Device, Tensor, Var};
-use flowlab::model::ops::{Conv2dParams, GroupNormParams, conv2d, group_norm, upsample_nearest};
+use flowlab::model::ops::{
+    Conv2dParams, GroupNormParams, conv2d, group_norm, upsample_nearest, uses_winograd,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -82,6 +84,15 @@ fn conv2d_matches_candle_in_value_and_gradient() {
         // 40 chunks of one sample in 8 groups: the kernel gradient accumulates
         // across chunks within a group.
         (40, 2, 28, 28, 3, 3, 1, 1, 1),
+        // Winograd F(2x2, 3x3) (3x3, stride 1, channels multiples of 16): odd
+        // sizes whose last tiles stick out, paddings 0, 1 and 2, chunks of
+        // several samples and a remainder chunk, wide channel counts.
+        (3, 16, 7, 7, 32, 3, 1, 1, 1),
+        (2, 32, 6, 9, 16, 3, 1, 0, 1),
+        (2, 16, 5, 8, 16, 3, 1, 2, 1),
+        (9, 16, 28, 28, 16, 3, 1, 1, 1),
+        (5, 64, 4, 4, 48, 3, 1, 1, 1),
+        (1, 16, 1, 1, 16, 3, 1, 1, 1),
     ];
     for (i, &(b, ci, h, w, co, k, s, p, d)) in cases.iter().enumerate() {
         let label = format!("case {i}: b{b} {ci}->{co} {h}x{w} k{k} s{s} p{p} d{d}");
@@ -93,6 +104,12 @@ fn conv2d_matches_candle_in_value_and_gradient() {
             padding: p,
             dilation: d,
         };
+        let winograd = k == 3 && s == 1 && d == 1 && ci % 16 == 0 && co % 16 == 0;
+        assert_eq!(
+            uses_winograd(&[co, ci, k, k], params),
+            winograd,
+            "{label}: Winograd path"
+        );
         check_against(
             &label,
             &[&x, &kern, &bias],

@@ -19,10 +19,11 @@ mod linear;
 mod optim;
 mod simd;
 mod upsample;
+mod winograd;
 
 use candle_core::{CpuStorage, Layout, Tensor};
 
-pub use conv::{Conv2dParams, conv2d, conv2d_backward};
+pub use conv::{Conv2dParams, conv2d, conv2d_backward, uses_winograd};
 pub use elementwise::{add_bias, fast_exp, silu};
 pub use group_norm::{GroupNormParams, group_norm};
 pub use linear::{linear, silu_linear};
@@ -125,6 +126,17 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// A `rows x cols` matrix whose rows start `row_stride` values apart.
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
     /// The transpose (a view).
     pub(crate) fn t(self) -> Self {
         Mat {
@@ -173,8 +185,31 @@ pub(crate) fn gemm(
     accumulate: bool,
     threads: Threads,
 ) -> candle_core::Result<()> {
+    if dst.len() != a.rows * b.cols {
+        candle_core::bail!(
+            "gemm: {} values for a {}x{} product",
+            dst.len(),
+            a.rows,
+            b.cols
+        );
+    }
+    gemm_strided(dst, b.cols, a, b, accumulate, threads)
+}
+
+/// [`gemm`] into an `m x n` destination whose rows start `dst_row_stride`
+/// values apart in `dst`.
+pub(crate) fn gemm_strided(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    a: Mat,
+    b: Mat,
+    accumulate: bool,
+    threads: Threads,
+) -> candle_core::Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || dst.len() != m * n || !a.fits() || !b.fits() {
+    let fits_dst =
+        m == 0 || n == 0 || ((m - 1) * dst_row_stride + n <= dst.len() && n <= dst_row_stride);
+    if b.rows != k || !fits_dst || !a.fits() || !b.fits() {
         candle_core::bail!(
             "gemm: shapes {m}x{k} · {}x{n} into {} values",
             b.rows,
@@ -186,7 +221,9 @@ pub(crate) fn gemm(
     }
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            for row in dst.chunks_mut(dst_row_stride).take(m) {
+                row.iter_mut().take(n).for_each(|v| *v = 0.0);
+            }
         }
         return Ok(());
     }
@@ -198,9 +235,10 @@ pub(crate) fn gemm(
         },
     };
     // SAFETY: every index the product touches is in bounds: `fits` checked the
-    // largest offset of `a` and `b`, `dst` holds exactly m·n values, and the
-    // strides are the ones `Mat` describes. `dst` does not alias the inputs
-    // (it is a unique borrow).
+    // largest offset of `a` and `b`, `fits_dst` that of `dst` (rows of n values
+    // at most `dst_row_stride` apart, so they do not overlap), and the strides
+    // are the ones `Mat` describes. `dst` does not alias the inputs (it is a
+    // unique borrow).
     unsafe {
         gemm::gemm(
             m,
@@ -208,7 +246,7 @@ pub(crate) fn gemm(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
