@@ -214,8 +214,7 @@ fn tile_rows(tile: &mut [f32], c: usize) -> [&mut [f32]; XI] {
 }
 
 /// Copies `x` (`c x h x w`) into `dst` (`h x w x c`, rows `wp` pixels apart,
-/// starting at pixel `(pad, pad)`), 16 channels at a time: 16 read streams and
-/// whole-cache-line writes.
+/// starting at pixel `(pad, pad)`), in blocks of 16 channels by 16 pixels.
 #[inline(always)]
 fn to_channels_last(
     x: &[f32],
@@ -227,25 +226,117 @@ fn to_channels_last(
     dst: &mut [f32],
 ) {
     let hw = h * w;
-    if x.len() < c * hw {
+    if x.len() < c * hw || w == 0 {
         return;
     }
+    let at = |q: usize| ((q / w + pad) * wp + q % w + pad) * c;
     for cb in (0..c).step_by(LANES) {
-        for y in 0..h {
-            // Row y of the 16 channels: each exactly w values.
-            let rows: [&[f32]; LANES] = std::array::from_fn(|l| &x[(cb + l) * hw + y * w..][..w]);
-            let start = ((y + pad) * wp + pad) * c + cb;
-            let Some(dst) = dst.get_mut(start..start + w * c) else {
+        let planes: [&[f32]; LANES] = std::array::from_fn(|l| &x[(cb + l) * hw..][..hw]);
+        let blocks = hw / LANES * LANES;
+        for p in (0..blocks).step_by(LANES) {
+            let Some(block) = rows16(|l| lanes_at(planes[l], p)) else {
                 return;
             };
-            for (xx, d) in dst.chunks_mut(c).enumerate() {
-                if let Some(d) = d.get_mut(..LANES) {
-                    for (l, d) in d.iter_mut().enumerate() {
-                        *d = rows[l][xx];
-                    }
+            for (k, pixel) in transpose16(block).iter().enumerate() {
+                let start = at(p + k) + cb;
+                if let Some(d) = dst.get_mut(start..start + LANES) {
+                    d.copy_from_slice(pixel);
                 }
             }
         }
+        for q in blocks..hw {
+            let start = at(q) + cb;
+            if let Some(d) = dst.get_mut(start..start + LANES) {
+                for (d, plane) in d.iter_mut().zip(&planes) {
+                    *d = plane[q];
+                }
+            }
+        }
+    }
+}
+
+/// 16 rows of 16 values, or `None` if any is missing.
+#[inline(always)]
+fn rows16<'a>(
+    row: impl Fn(usize) -> Option<&'a [f32; LANES]>,
+) -> Option<[&'a [f32; LANES]; LANES]> {
+    let mut rows = [&[0f32; LANES]; LANES];
+    for (i, r) in rows.iter_mut().enumerate() {
+        *r = row(i)?;
+    }
+    Some(rows)
+}
+
+/// `out[j][i] = rows[i][j]` for a 16x16 block: AVX-512 shuffles where the CPU
+/// has them, element by element otherwise.
+#[inline(always)]
+fn transpose16(rows: [&[f32; LANES]; LANES]) -> [[f32; LANES]; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked at run time).
+        return unsafe { avx512::transpose16(rows) };
+    }
+    std::array::from_fn(|j| std::array::from_fn(|i| rows[i][j]))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{
+        __m512, _mm512_castpd_ps, _mm512_castps_pd, _mm512_loadu_ps, _mm512_shuffle_f32x4,
+        _mm512_storeu_ps, _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd,
+        _mm512_unpacklo_ps,
+    };
+
+    use super::LANES;
+
+    /// `out[j][i] = rows[i][j]` in 64 shuffles: interleave 32-bit pairs of row
+    /// pairs, then 64-bit pairs, then 128-bit lanes twice.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transpose16(rows: [&[f32; LANES]; LANES]) -> [[f32; LANES]; LANES] {
+        // SAFETY: each row holds 16 floats.
+        let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(rows[i].as_ptr()) });
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let base = 4 * (i / 4);
+            let (a, b) = match i % 4 {
+                0 | 1 => (t[base], t[base + 2]),
+                _ => (t[base + 1], t[base + 3]),
+            };
+            let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+            _mm512_castpd_ps(if i % 2 == 0 {
+                _mm512_unpacklo_pd(a, b)
+            } else {
+                _mm512_unpackhi_pd(a, b)
+            })
+        });
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (u[8 * (i / 8) + i % 4], u[8 * (i / 8) + 4 + i % 4]);
+            if i % 8 < 4 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xdd>(a, b)
+            }
+        });
+        let mut out = [[0f32; LANES]; LANES];
+        for (i, o) in out.iter_mut().enumerate() {
+            let (a, b) = (v[i % 8], v[8 + i % 8]);
+            let x = if i < 8 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xdd>(a, b)
+            };
+            // SAFETY: `o` holds 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), x) };
+        }
+        out
     }
 }
 
@@ -259,8 +350,15 @@ fn input_kernel(wg: &Winograd, x: &[f32], padded: &mut [f32], v: &mut [f32]) {
         return;
     };
     // Zero-padded channels-last copy (zero rows/columns also past the input
-    // where the last tiles stick out).
-    padded.fill(0.0);
+    // where the last tiles stick out): zero the border, copy the inside.
+    for (y, row) in padded.chunks_exact_mut(wp * c).enumerate() {
+        if y < pad || y >= pad + h {
+            row.fill(0.0);
+        } else {
+            row[..pad * c].fill(0.0);
+            row[(pad + w) * c..].fill(0.0);
+        }
+    }
     to_channels_last(x, c, h, w, wp, pad, padded);
     let padded = &*padded;
     for i in 0..th {
@@ -366,12 +464,26 @@ fn output_kernel(wg: &Winograd, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]
             }
         }
     }
-    // Channels-last -> planes, 16 channels by 16 pixels at a time.
+    // Channels-last -> planes, in blocks of 16 pixels by 16 channels.
+    let blocks = plane / LANES * LANES;
     for (cb, block) in out.chunks_exact_mut(LANES * plane).enumerate() {
         let cb = cb * LANES;
-        for (l, dst) in block.chunks_exact_mut(plane).enumerate() {
-            for (p, d) in dst.iter_mut().enumerate() {
-                *d = y[p * c + cb + l];
+        let mut planes = tile_rows(block, plane);
+        for p in (0..blocks).step_by(LANES) {
+            let Some(rows) = rows16(|k| lanes_at(y, (p + k) * c + cb)) else {
+                return;
+            };
+            for (dst, vals) in planes.iter_mut().zip(transpose16(rows).iter()) {
+                if let Some(d) = dst.get_mut(p..p + LANES) {
+                    d.copy_from_slice(vals);
+                }
+            }
+        }
+        for (l, dst) in planes.iter_mut().enumerate() {
+            for p in blocks..plane {
+                if let (Some(d), Some(v)) = (dst.get_mut(p), y.get(p * c + cb + l)) {
+                    *d = *v;
+                }
             }
         }
     }
@@ -389,29 +501,38 @@ pub(super) fn transform_kernel(
 ) -> Vec<f32> {
     let mut u = vec![0f32; XI * c_out * c_in];
     let plane = c_out * c_in;
-    for (idx, g) in k.chunks_exact(9).enumerate().take(plane) {
-        let (co, ci) = (idx / c_in, idx % c_in);
-        let g: [f32; 9] = if for_input_grad {
-            std::array::from_fn(|a| g[8 - a])
-        } else {
-            std::array::from_fn(|a| g[a])
-        };
-        // G g: 4x3, then (G g) Gᵀ: 4x4.
-        let gg = |col: usize| -> [f32; 4] {
-            let (a, b, c) = (g[col], g[3 + col], g[6 + col]);
-            [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
-        };
-        let cols = [gg(0), gg(1), gg(2)];
-        let at = if for_input_grad {
-            co * c_in + ci
-        } else {
-            ci * c_out + co
-        };
-        for (r, ((&a, &b), &c)) in cols[0].iter().zip(&cols[1]).zip(&cols[2]).enumerate() {
-            let row = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-            for (l, val) in row.into_iter().enumerate() {
-                if let Some(slot) = u.get_mut((4 * r + l) * plane + at) {
-                    *slot = val;
+    // Walk the destination in order (16 sequential write streams): for the
+    // forward kernel input channel by input channel, for the input gradient's
+    // output channel by output channel.
+    let (outer, inner) = if for_input_grad {
+        (c_out, c_in)
+    } else {
+        (c_in, c_out)
+    };
+    for a in 0..outer {
+        for b in 0..inner {
+            let (co, ci) = if for_input_grad { (a, b) } else { (b, a) };
+            let Some(g) = k.get((co * c_in + ci) * 9..(co * c_in + ci + 1) * 9) else {
+                return u;
+            };
+            let g: [f32; 9] = if for_input_grad {
+                std::array::from_fn(|i| g[8 - i])
+            } else {
+                std::array::from_fn(|i| g[i])
+            };
+            // G g: 4x3, then (G g) Gᵀ: 4x4.
+            let gg = |col: usize| -> [f32; 4] {
+                let (a, b, c) = (g[col], g[3 + col], g[6 + col]);
+                [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
+            };
+            let cols = [gg(0), gg(1), gg(2)];
+            let at = a * inner + b;
+            for (r, ((&a, &b), &c)) in cols[0].iter().zip(&cols[1]).zip(&cols[2]).enumerate() {
+                let row = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+                for (l, val) in row.into_iter().enumerate() {
+                    if let Some(slot) = u.get_mut((4 * r + l) * plane + at) {
+                        *slot = val;
+                    }
                 }
             }
         }
