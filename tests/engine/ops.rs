@@ -106,7 +106,7 @@ fn conv2d_matches_candle_in_value_and_gradient() {
         };
         let winograd = k == 3 && s == 1 && d == 1 && ci % 16 == 0 && co % 16 == 0;
         assert_eq!(
-            uses_winograd(&[co, ci, k, k], params),
+            uses_winograd(&[b, ci, h, w], &[co, ci, k, k], params),
             winograd,
             "{label}: Winograd path"
         );
@@ -125,6 +125,17 @@ fn conv2d_matches_candle_in_value_and_gradient() {
             || f32_of(strided_conv_reference(&x, &kern, &bias, params)),
         );
     }
+    // A huge image falls back to im2col (Winograd's tiles would take 2 GiB per sample).
+    assert!(uses_winograd(
+        &[1, 64, 128, 128],
+        &[64, 64, 3, 3],
+        Conv2dParams::same(1)
+    ));
+    assert!(!uses_winograd(
+        &[1, 512, 1024, 1024],
+        &[512, 512, 3, 3],
+        Conv2dParams::same(1)
+    ));
     // Without a bias, and a kernel that does not fit.
     let x = var(&[2, 3, 4, 4], 1);
     let kern = var(&[2, 3, 3, 3], 2);

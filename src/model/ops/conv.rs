@@ -119,6 +119,7 @@ impl Geometry {
             c_out: self.c_out,
             pad: self.p.padding,
         })
+        .filter(Winograd::scratch_fits)
     }
 
     /// Rows of the im2col matrix (kernel taps): c_in·kh·kw.
@@ -534,18 +535,17 @@ pub fn conv2d(
     }
 }
 
-/// Whether [`conv2d`] on the CPU computes a convolution with a `kernel` of shape
-/// `(c_out, c_in, kh, kw)` and parameters `p` by Winograd's F(2x2, 3x3) method
-/// (forward and input gradient; 2.25x fewer multiplications than the direct
-/// product): 3x3 kernels at stride 1, padding at most 2, channel counts that are
-/// multiples of 16.
-pub fn uses_winograd(kernel: &[usize], p: Conv2dParams) -> bool {
-    match *kernel {
-        [c_out, c_in, kh, kw] => {
-            Winograd::applies(kh, kw, p.stride, p.dilation, p.padding, c_in, c_out)
-        }
-        _ => false,
-    }
+/// Whether [`conv2d`] on the CPU computes the convolution of an input of shape
+/// `(batch, c_in, h, w)` with a kernel of shape `(c_out, c_in, kh, kw)` and
+/// parameters `p` by Winograd's F(2x2, 3x3) method (forward and input gradient;
+/// 2.25x fewer multiplications than the direct product): 3x3 kernels at stride
+/// 1, padding at most 2, channel counts that are multiples of 16, and images
+/// whose transformed tiles take at most 128 MiB per sample.
+pub fn uses_winograd(input: &[usize], kernel: &[usize], p: Conv2dParams) -> bool {
+    Geometry::new(&Shape::from(input), &Shape::from(kernel), p)
+        .ok()
+        .and_then(|g| g.winograd())
+        .is_some()
 }
 
 /// The gradients `(dx, dkernel, dbias)` of [`conv2d`] for an output gradient

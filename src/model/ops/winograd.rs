@@ -35,6 +35,9 @@ const LANES: usize = 16;
 /// to stay within: 2 MiB, the L2 cache of one core on the machines measured.
 const BUDGET: usize = 1 << 19;
 
+/// Most floats of scratch one sample may need (128 MiB).
+const MAX_SAMPLE_SCRATCH: usize = 1 << 25;
+
 /// Sizes of one 3x3, stride-1 convolution computed by Winograd's method.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Winograd {
@@ -79,6 +82,16 @@ impl Winograd {
             && c_out > 0
             && c_in.is_multiple_of(LANES)
             && c_out.is_multiple_of(LANES)
+    }
+
+    /// Whether one sample's transformed input and products (`16·(c_in + c_out)`
+    /// floats per tile, the scratch of the smallest chunk) stay under 128 MiB;
+    /// larger images take the im2col path, whose chunks can be smaller.
+    pub fn scratch_fits(&self) -> bool {
+        let (th, tw) = self.tiles();
+        XI.saturating_mul(self.c_in + self.c_out)
+            .saturating_mul(th.saturating_mul(tw))
+            <= MAX_SAMPLE_SCRATCH
     }
 
     /// Output height `h + 2·pad − 2`.
