@@ -5,6 +5,7 @@
 //! (loss curve, flow at time t) and a bottom status bar.
 
 mod autosave;
+mod device;
 mod files;
 pub mod frame_bench;
 mod grid;
@@ -28,6 +29,7 @@ use crate::train::worker::{
     Command, DensitySnapshot, Event, FieldSnapshot, LiveSettings, SampleSnapshot, Worker,
 };
 use crate::train::{StepReport, TrainConfig};
+pub use device::DeviceChoice;
 
 /// The pretrained moons model shown at start-up (made with the CLI; see the README).
 const PRETRAINED_MOONS: &[u8] = include_bytes!("../../weights/moons.safetensors");
@@ -203,6 +205,10 @@ pub struct FlowLabApp {
     pub autosaved_steps: Vec<u64>,
     /// Whether the current run diverged (the roll-back offer shows).
     pub diverged: bool,
+    /// The device the worker runs on.
+    device: DeviceChoice,
+    /// A run on its way to another device.
+    device_move: Option<device::DeviceMove>,
 }
 
 impl FlowLabApp {
@@ -280,6 +286,8 @@ impl FlowLabApp {
             last_autosave: None,
             autosaved_steps: Vec::new(),
             diverged: false,
+            device: DeviceChoice::Cpu,
+            device_move: None,
         }
     }
 
@@ -465,7 +473,11 @@ impl FlowLabApp {
                 self.learned_pending = false;
                 self.learned = Some(*d);
             }
-            Event::Saved(p) => self.info(format!("saved {}", p.display())),
+            Event::Saved(p) => {
+                if !self.device_move_saved(&p) {
+                    self.info(format!("saved {}", p.display()));
+                }
+            }
             Event::Autosaved { step } => {
                 self.last_autosave = Some(step);
                 self.autosaved_steps.push(step);
@@ -484,8 +496,13 @@ impl FlowLabApp {
                 self.diverged = true;
                 self.error(message);
             }
-            Event::Loaded(p) => self.info(format!("opened {}", p.display())),
+            Event::Loaded(p) => {
+                if !self.device_move_loaded(&p) {
+                    self.info(format!("opened {}", p.display()));
+                }
+            }
             Event::Error(msg) => {
+                let kept = self.device_move_failed();
                 self.running = false;
                 self.field_pending = false;
                 self.preview_pending = false;
@@ -495,7 +512,13 @@ impl FlowLabApp {
                     self.layers.learned_density = false;
                 }
                 self.learned_pending = false;
-                self.error(msg);
+                match kept {
+                    Some(path) => self.error(format!(
+                        "{msg} (moving the run failed; it is saved in {})",
+                        path.display()
+                    )),
+                    None => self.error(msg),
+                }
             }
         }
     }

@@ -515,7 +515,7 @@ impl FlowLabApp {
 
         ui.separator();
         ui.heading("Device");
-        device_ui(ui);
+        self.device_ui(ui);
 
         ui.separator();
         ui.heading("Autosave");
@@ -575,51 +575,4 @@ fn digit_thumbnail_ui(ui: &mut egui::Ui) {
     let stroke = egui::Stroke::new(3.0, egui::Color32::WHITE);
     painter.line_segment([p(9.0, 9.0), p(27.0, 9.0)], stroke);
     painter.line_segment([p(27.0, 9.0), p(16.0, 29.0)], stroke);
-}
-
-/// The device list: CPU always; CUDA and Metal with why they are unavailable.
-fn device_ui(ui: &mut egui::Ui) {
-    ui.radio(true, "CPU")
-        .on_hover_text("Training and sampling run on the CPU");
-    let (cuda, cuda_why) = if cfg!(feature = "cuda") {
-        (
-            candle_core::utils::cuda_is_available(),
-            "no CUDA device was found",
-        )
-    } else {
-        (
-            false,
-            "this build has no CUDA support (build with --features cuda)",
-        )
-    };
-    let (metal, metal_why) = if cfg!(feature = "metal") {
-        (
-            candle_core::utils::metal_is_available(),
-            "no Metal device was found",
-        )
-    } else {
-        (
-            false,
-            "this build has no Metal support (build with --features metal, macOS)",
-        )
-    };
-    let label = |found: bool, name: &str| {
-        if found {
-            format!("{name} (found; not yet selectable)")
-        } else {
-            format!("{name} (unavailable)")
-        }
-    };
-    ui.add_enabled(false, egui::RadioButton::new(false, label(cuda, "CUDA")))
-        .on_disabled_hover_text(if cuda {
-            "the app trains on the CPU for now"
-        } else {
-            cuda_why
-        });
-    ui.add_enabled(false, egui::RadioButton::new(false, label(metal, "Metal")))
-        .on_disabled_hover_text(if metal {
-            "the app trains on the CPU for now"
-        } else {
-            metal_why
-        });
 }

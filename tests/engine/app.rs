@@ -828,3 +828,52 @@ fn divergence_pauses_training_with_the_reason_and_offers_a_roll_back() {
     step_until(&mut h, "the roll-back", |a| a.step == 1 && !a.diverged);
     assert!(h.state().loss.iter().all(|p| p[1].is_finite()));
 }
+
+#[test]
+fn the_device_picker_moves_the_run_with_its_state_or_says_why_not() {
+    use flowlab::app::DeviceChoice;
+    let mut h = harness();
+    step_until(&mut h, "the pretrained model", |a| {
+        a.snapshot.is_some() && a.step == 4000
+    });
+    assert_eq!(h.state().device(), DeviceChoice::Cpu);
+    let loss_len = h.state().loss.len();
+    let moved =
+        std::env::temp_dir().join(format!("device-move-{}.safetensors", std::process::id()));
+    if let Err(why) = DeviceChoice::Cuda.available() {
+        // The picker lists the GPU, disabled, and asking anyway keeps the run.
+        h.get_by_label("CUDA (unavailable)");
+        assert!(why.contains("CUDA"), "{why}");
+        h.state_mut().switch_device(DeviceChoice::Cuda);
+        h.step();
+        assert!(h.state().status_is_error);
+        assert!(h.state().status.contains("CUDA"), "{}", h.state().status);
+        assert_eq!(h.state().device(), DeviceChoice::Cpu);
+        assert!(!h.state().device_move_pending());
+        assert_eq!(h.state().step, 4000);
+    }
+    // A move goes through a checkpoint to a fresh worker: the run arrives whole.
+    h.state_mut().restart_worker_on(DeviceChoice::Cpu);
+    assert!(h.state().device_move_pending());
+    step_until(&mut h, "the move", |a| !a.device_move_pending());
+    assert!(
+        h.state().status.contains("now on CPU"),
+        "{}",
+        h.state().status
+    );
+    assert_eq!(h.state().step, 4000);
+    assert_eq!(h.state().param_count, 141_314);
+    assert_eq!(h.state().loss.len(), loss_len);
+    assert!(!moved.exists(), "the move's checkpoint is removed");
+    // A run that is training keeps training on the new worker.
+    h.get_by_label("Train").click();
+    h.run_steps(4);
+    h.get_by_label("Start a new run").click();
+    step_until(&mut h, "training", |a| a.running && a.step >= 5);
+    h.state_mut().restart_worker_on(DeviceChoice::Cpu);
+    step_until(&mut h, "the second move", |a| !a.device_move_pending());
+    let at_move = h.state().step;
+    assert!(h.state().running);
+    step_until(&mut h, "steps after the move", |a| a.step >= at_move + 5);
+    assert!(h.state().loss.len() as u64 >= at_move);
+}
