@@ -339,15 +339,19 @@ pub struct BenchArgs {
     pub device: String,
 }
 
+/// The first line of an error's message (candle appends a backtrace to some).
+pub fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 /// Parses a device name.
 pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            Device::new_cuda(0).map_err(|e| Error::config(format!("CUDA device unavailable: {e}")))
-        }
+        "cuda" => Device::new_cuda(0)
+            .map_err(|e| Error::config(format!("CUDA device unavailable: {}", first_line(&e)))),
         "metal" => Device::new_metal(0)
-            .map_err(|e| Error::config(format!("Metal device unavailable: {e}"))),
+            .map_err(|e| Error::config(format!("Metal device unavailable: {}", first_line(&e)))),
         other => Err(Error::config(format!(
             "unknown device {other:?} (use cpu, cuda or metal)"
         ))),

@@ -46,7 +46,10 @@ impl DeviceChoice {
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| {
-                crate::Error::config(format!("the CUDA device could not be opened: {e}"))
+                crate::Error::config(format!(
+                    "the CUDA device could not be opened: {}",
+                    crate::cli::first_line(&e)
+                ))
             }),
         }
     }

@@ -299,6 +299,12 @@ fn resume_extends_a_run_and_bad_inputs_fail_with_one_message() {
         err.contains("/nonexistent") && err.contains("missing"),
         "{err}"
     );
+    // A GPU that is not there (this build or machine has none): one line, no backtrace.
+    if !candle_core::utils::cuda_is_available() {
+        let err = fails(&["train", "--device", "cuda", "--steps", "1", "--out", ck_s]);
+        assert!(err.contains("CUDA device unavailable"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 }
 
 /// The pretrained moons model shipped in `weights/` loads and meets the quality bar.
