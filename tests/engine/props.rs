@@ -129,3 +129,61 @@ proptest! {
         }
     }
 }
+
+/// Seeded values in [-1, 1) for a tensor of `shape` (f32).
+fn random_f32(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{RngExt as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+}
+
+fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let a = vals(&a.to_dtype(candle_core::DType::F64).expect("f64"));
+    let b = vals(&b.to_dtype(candle_core::DType::F64).expect("f64"));
+    let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs() / scale))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Winograd's convolution (3x3, stride 1, channels multiples of 16) equals
+    /// the direct one in f64, forward and input gradient (a transposed
+    /// convolution), for random sizes, paddings and batches.
+    #[test]
+    fn winograd_convolution_matches_the_direct_one(
+        batch in 1usize..5,
+        c_in in prop::sample::select(vec![16usize, 32, 48]),
+        c_out in prop::sample::select(vec![16usize, 32]),
+        h in 1usize..13,
+        w in 1usize..13,
+        pad in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        use flowlab::model::ops::{Conv2dParams, conv2d, conv2d_backward, uses_winograd};
+        prop_assume!(h + 2 * pad >= 3 && w + 2 * pad >= 3);
+        let p = Conv2dParams::same(pad);
+        prop_assert!(uses_winograd(&[batch, c_in, h, w], &[c_out, c_in, 3, 3], p));
+        let x = random_f32(&[batch, c_in, h, w], seed);
+        let k = random_f32(&[c_out, c_in, 3, 3], seed ^ 1);
+        let b = random_f32(&[c_out], seed ^ 2);
+        let f64_of = |t: &Tensor| t.to_dtype(candle_core::DType::F64).expect("f64");
+        let y = conv2d(&x, &k, Some(&b), p).expect("ours");
+        let reference = f64_of(&x)
+            .conv2d(&f64_of(&k), pad, 1, 1, 1)
+            .and_then(|y| y.broadcast_add(&f64_of(&b).reshape((1, c_out, 1, 1))?))
+            .expect("direct");
+        prop_assert!(max_rel_err(&y, &reference) < 1e-5, "forward {:e}", max_rel_err(&y, &reference));
+        let gy = random_f32(y.dims(), seed ^ 3);
+        let (dx, _, _) = conv2d_backward(&x, &k, &gy, p).expect("backward");
+        let dx_ref = f64_of(&gy)
+            .conv_transpose2d(&f64_of(&k), pad, 0, 1, 1)
+            .expect("transposed");
+        prop_assert_eq!(dx.dims(), dx_ref.dims());
+        prop_assert!(max_rel_err(&dx, &dx_ref) < 1e-5, "input gradient {:e}", max_rel_err(&dx, &dx_ref));
+    }
+}
