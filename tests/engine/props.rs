@@ -152,8 +152,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Winograd's convolution (3x3, stride 1, channels multiples of 16) equals
-    /// the direct one in f64, forward and input gradient (a transposed
-    /// convolution), for random sizes, paddings and batches.
+    /// the direct one in f64, forward and all three gradients (the input
+    /// gradient against a transposed convolution, the kernel and bias gradients
+    /// against candle's autograd), for random sizes, paddings and batches.
     #[test]
     fn winograd_convolution_matches_the_direct_one(
         batch in 1usize..5,
@@ -179,7 +180,18 @@ proptest! {
             .expect("direct");
         prop_assert!(max_rel_err(&y, &reference) < 1e-5, "forward {:e}", max_rel_err(&y, &reference));
         let gy = random_f32(y.dims(), seed ^ 3);
-        let (dx, _, _) = conv2d_backward(&x, &k, &gy, p).expect("backward");
+        let (dx, dk, db) = conv2d_backward(&x, &k, &gy, p).expect("backward");
+        // Kernel and bias gradients against candle's autograd in f64.
+        let kv = candle_core::Var::from_tensor(&f64_of(&k)).expect("var");
+        let loss = f64_of(&x)
+            .conv2d(kv.as_tensor(), pad, 1, 1, 1)
+            .and_then(|y| (y * f64_of(&gy))?.sum_all())
+            .expect("loss");
+        let grads = loss.backward().expect("backward");
+        let dk_ref = grads.get(kv.as_tensor()).expect("kernel gradient");
+        prop_assert!(max_rel_err(&dk, dk_ref) < 1e-5, "kernel gradient {:e}", max_rel_err(&dk, dk_ref));
+        let db_ref = f64_of(&gy).sum((0, 2, 3)).expect("bias gradient");
+        prop_assert!(max_rel_err(&db, &db_ref) < 1e-5, "bias gradient {:e}", max_rel_err(&db, &db_ref));
         let dx_ref = f64_of(&gy)
             .conv_transpose2d(&f64_of(&k), pad, 0, 1, 1)
             .expect("transposed");

@@ -5,6 +5,10 @@
 //! kernel and a col2im scatter). Chunks run in parallel on rayon's pool; each
 //! product then stays on one thread. Small images are grouped several to a
 //! chunk, so that every product is wide enough to run gemm at full speed.
+//!
+//! 3x3 stride-1 convolutions with channel counts that are multiples of 16 (all
+//! of the UNet's but the first and last) take Winograd's method instead, forward
+//! and backward (`super::winograd`).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -424,19 +428,29 @@ impl CustomOp3 for Conv2dBackward {
         }
         let kernel = Mat::new(k, g.c_out, taps);
         // With Winograd's method, the input gradient is a convolution of the
-        // output gradient (padding 2 − p, kernel flipped, channels swapped),
-        // done first; the loop below then computes only the kernel gradient.
-        let wino_dx = g.winograd().map(|wg| Winograd {
-            c_in: wg.c_out,
-            c_out: wg.c_in,
-            h: g.ho,
-            w: g.wo,
-            pad: 2 - wg.pad,
-            ..wg
-        });
-        if let Some(wg) = wino_dx {
+        // output gradient (padding 2 − p, kernel flipped, channels swapped) and
+        // the kernel gradient goes through the same transforms.
+        if let Some(wg) = g.winograd() {
+            let wg_dx = Winograd {
+                c_in: wg.c_out,
+                c_out: wg.c_in,
+                h: g.ho,
+                w: g.wo,
+                pad: 2 - wg.pad,
+                ..wg
+            };
             let u = transform_kernel(k, g.c_out, g.c_in, true);
-            wg.run(gy, &u, None, &mut packed[..dx_len])?;
+            wg_dx.run(gy, &u, None, &mut packed[..dx_len])?;
+            let dk = wg.kernel_grad(x, gy)?;
+            let (dk_slot, db) = packed[dx_len..].split_at_mut(dk_len);
+            dk_slot.copy_from_slice(&dk);
+            for (j, plane) in gy.chunks_exact(npix).enumerate() {
+                if let Some(d) = db.get_mut(j % g.c_out) {
+                    *d += super::simd::sum(plane);
+                }
+            }
+            let n = packed.len();
+            return Ok((CpuStorage::F32(packed), Shape::from(n)));
         }
         let per = samples_per_chunk(g.batch, taps, npix);
         // At most BATCH_CHUNKS groups run in parallel; each walks its chunks of
@@ -460,11 +474,10 @@ impl CustomOp3 for Conv2dBackward {
                 for ((dx, x), gy) in chunks {
                     let ld = (x.len() / in_len) * npix;
                     let single = ld == npix;
-                    let dcol_len = if wino_dx.is_some() { 0 } else { taps * ld };
-                    let scratch = taps * ld + dcol_len + if single { 0 } else { g.c_out * ld };
+                    let scratch = 2 * taps * ld + if single { 0 } else { g.c_out * ld };
                     with_scratch(scratch, |buf| {
                         let (col, rest) = buf.split_at_mut(taps * ld);
-                        let (dcol, gbuf) = rest.split_at_mut(dcol_len);
+                        let (dcol, gbuf) = rest.split_at_mut(taps * ld);
                         // The output gradient as (c_out, samples · pixels).
                         let grad: &[f32] = if single {
                             gy
@@ -485,11 +498,9 @@ impl CustomOp3 for Conv2dBackward {
                         }
                         let grad = Mat::new(grad, g.c_out, ld);
                         gemm(&mut dk, grad, Mat::new(col, taps, ld).t(), true, threads)?;
-                        if wino_dx.is_none() {
-                            gemm(dcol, kernel.t(), grad, false, threads)?;
-                            for (j, dx) in dx.chunks_exact_mut(in_len).enumerate() {
-                                col2im(&g, dcol, ld, j * npix, dx);
-                            }
+                        gemm(dcol, kernel.t(), grad, false, threads)?;
+                        for (j, dx) in dx.chunks_exact_mut(in_len).enumerate() {
+                            col2im(&g, dcol, ld, j * npix, dx);
                         }
                         Ok::<(), candle_core::Error>(())
                     })?;
@@ -537,8 +548,8 @@ pub fn conv2d(
 
 /// Whether [`conv2d`] on the CPU computes the convolution of an input of shape
 /// `(batch, c_in, h, w)` with a kernel of shape `(c_out, c_in, kh, kw)` and
-/// parameters `p` by Winograd's F(2x2, 3x3) method (forward and input gradient;
-/// 2.25x fewer multiplications than the direct product): 3x3 kernels at stride
+/// parameters `p` by Winograd's F(2x2, 3x3) method (forward and backward; 2.25x
+/// fewer multiplications than the direct product): 3x3 kernels at stride
 /// 1, padding at most 2, channel counts that are multiples of 16, and images
 /// whose transformed tiles take at most 128 MiB per sample.
 pub fn uses_winograd(input: &[usize], kernel: &[usize], p: Conv2dParams) -> bool {

@@ -12,7 +12,9 @@
 //!
 //! The input gradient of such a convolution is again one (of the output
 //! gradient, with the kernel flipped and its channels swapped, and padding
-//! `2 − padding`), so the backward pass uses the same routine.
+//! `2 − padding`), so the backward pass uses the same routine. The kernel
+//! gradient goes through the same transforms backwards: `dM = A dY Aᵀ` per
+//! output-gradient tile, `dU_ξ = V_ξᵀ dM_ξ`, `dW = Gᵀ dU G`.
 //!
 //! The transforms use only additions and halvings, so the results agree with the
 //! direct product to a few ulps of the summed magnitudes. They run on 16
@@ -191,6 +193,96 @@ impl Winograd {
                 })
             })
     }
+}
+
+impl Winograd {
+    /// The kernel gradient `(c_out, c_in, 3, 3)` of this convolution for the
+    /// input `x`: `(batch, c_in, h, w)` and the output gradient `gy`:
+    /// `(batch, c_out, ho, wo)`. Through the same transforms: each output-gradient
+    /// tile becomes `dM = A dY Aᵀ`, then `dU_ξ = Σ_tiles V_ξᵀ dM_ξ` (16 products
+    /// of `(c_in x tiles) · (tiles x c_out)`), and `dW = Gᵀ dU G`. Chunks of
+    /// samples form at most [`super::BATCH_CHUNKS`] groups whose partial sums
+    /// are added in a fixed order, so the result does not depend on threads.
+    pub fn kernel_grad(&self, x: &[f32], gy: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let (ho, wo) = (self.ho(), self.wo());
+        let (c_in, c_out) = (self.c_in, self.c_out);
+        let (in_len, out_len) = (c_in * self.h * self.w, c_out * ho * wo);
+        if x.len() != self.batch * in_len
+            || gy.len() != self.batch * out_len
+            || !c_in.is_multiple_of(LANES)
+            || !c_out.is_multiple_of(LANES)
+        {
+            candle_core::bail!("winograd: buffer sizes do not match the shapes");
+        }
+        let du_len = XI * c_in * c_out;
+        if self.batch == 0 || in_len == 0 || out_len == 0 {
+            return Ok(vec![0.0; c_out * c_in * 9]);
+        }
+        let per = self.samples_per_chunk();
+        let group = super::chunk_len(self.batch.div_ceil(per)) * per;
+        let threads = Threads::for_tasks(self.batch.div_ceil(group));
+        let (th, tw) = self.tiles();
+        let (hp, wp) = self.padded();
+        let partials = x
+            .par_chunks(group * in_len)
+            .zip(gy.par_chunks(group * out_len))
+            .map(|(x, gy)| {
+                let mut du = vec![0f32; du_len];
+                for (x, gy) in x.chunks(per * in_len).zip(gy.chunks(per * out_len)) {
+                    let tiles = (x.len() / in_len) * th * tw;
+                    let (v_len, m_len) = (XI * c_in * tiles, XI * c_out * tiles);
+                    let p_len = (hp * wp * c_in).max(4 * th * tw * c_out);
+                    with_scratch(v_len + m_len + p_len, |buf| {
+                        let (v, rest) = buf.split_at_mut(v_len);
+                        let (m, padded) = rest.split_at_mut(m_len);
+                        for (s, (x, gy)) in x
+                            .chunks_exact(in_len)
+                            .zip(gy.chunks_exact(out_len))
+                            .enumerate()
+                        {
+                            let v = v.get_mut(s * th * tw * XI * c_in..).unwrap_or_default();
+                            transform_input(self, x, padded, v);
+                            let m = m.get_mut(s * th * tw * XI * c_out..).unwrap_or_default();
+                            transform_grad(self, gy, padded, m);
+                        }
+                        for xi in 0..XI {
+                            let a = Mat::strided(
+                                v.get(xi * c_in..).unwrap_or_default(),
+                                tiles,
+                                c_in,
+                                XI * c_in,
+                            )
+                            .t();
+                            let b = Mat::strided(
+                                m.get(xi * c_out..).unwrap_or_default(),
+                                tiles,
+                                c_out,
+                                XI * c_out,
+                            );
+                            let dst = du
+                                .get_mut(xi * c_in * c_out..(xi + 1) * c_in * c_out)
+                                .unwrap_or_default();
+                            super::gemm(dst, a, b, true, threads)?;
+                        }
+                        Ok::<(), candle_core::Error>(())
+                    })?;
+                }
+                Ok(du)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut du = vec![0f32; du_len];
+        for part in &partials {
+            du.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+        }
+        Ok(untransform_kernel_grad(&du, c_out, c_in))
+    }
+}
+
+simd_dispatch! {
+    /// `dM = A dY Aᵀ` for every 2x2 tile of one sample's output gradient `gy`
+    /// (`c_out x ho x wo`; zero where a tile sticks out), into `m` laid out
+    /// `(tile, 16, c_out)`; `padded` is scratch for a channels-last copy.
+    fn transform_grad(wg: &Winograd, gy: &[f32], padded: &mut [f32], m: &mut [f32]) => grad_kernel
 }
 
 simd_dispatch! {
@@ -424,6 +516,100 @@ fn winograd_input_tile(d: &[&[f32; LANES]; XI]) -> [[f32; LANES]; XI] {
         }
     }
     o
+}
+
+/// See [`transform_grad`].
+#[inline(always)]
+fn grad_kernel(wg: &Winograd, gy: &[f32], padded: &mut [f32], m: &mut [f32]) {
+    let (th, tw) = wg.tiles();
+    let (ho, wo, c) = (wg.ho(), wg.wo(), wg.c_out);
+    let (hp, wp) = (2 * th, 2 * tw);
+    let Some(padded) = padded.get_mut(..hp * wp * c) else {
+        return;
+    };
+    // Channels-last copy, with a zero row/column where the last tiles stick out.
+    for (y, row) in padded.chunks_exact_mut(wp * c).enumerate() {
+        if y >= ho {
+            row.fill(0.0);
+        } else {
+            row[wo * c..].fill(0.0);
+        }
+    }
+    to_channels_last(gy, c, ho, wo, wp, 0, padded);
+    let padded = &*padded;
+    for i in 0..th {
+        for j in 0..tw {
+            let t = i * tw + j;
+            let Some(tile) = m.get_mut(t * XI * c..(t + 1) * XI * c) else {
+                return;
+            };
+            let mut rows = tile_rows(tile, c);
+            for cb in (0..c).step_by(LANES) {
+                let at = |a: usize, b: usize| ((2 * i + a) * wp + 2 * j + b) * c + cb;
+                let (Some(y00), Some(y01), Some(y10), Some(y11)) = (
+                    lanes_at(padded, at(0, 0)),
+                    lanes_at(padded, at(0, 1)),
+                    lanes_at(padded, at(1, 0)),
+                    lanes_at(padded, at(1, 1)),
+                ) else {
+                    return;
+                };
+                let mut res = [[0f32; LANES]; XI];
+                for l in 0..LANES {
+                    // A dY: rows y0, y0 + y1, y0 − y1, −y1 (per column b).
+                    let z = [
+                        [y00[l], y01[l]],
+                        [y00[l] + y10[l], y01[l] + y11[l]],
+                        [y00[l] - y10[l], y01[l] - y11[l]],
+                        [-y10[l], -y11[l]],
+                    ];
+                    // (A dY) Aᵀ: the same over the columns.
+                    for (r, [z0, z1]) in z.into_iter().enumerate() {
+                        res[4 * r][l] = z0;
+                        res[4 * r + 1][l] = z0 + z1;
+                        res[4 * r + 2][l] = z0 - z1;
+                        res[4 * r + 3][l] = -z1;
+                    }
+                }
+                for (row, val) in rows.iter_mut().zip(&res) {
+                    if let Some(dst) = row.get_mut(cb..cb + LANES) {
+                        dst.copy_from_slice(val);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The kernel gradient `(c_out, c_in, 3, 3)` from the gradient `du` of the
+/// transformed kernel (`(16, c_in, c_out)`, as [`transform_kernel`] lays it
+/// out): `dW = Gᵀ dU G` for every channel pair.
+fn untransform_kernel_grad(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let plane = c_in * c_out;
+    let mut dw = vec![0f32; c_out * c_in * 9];
+    // Gᵀ applied to a column of 4 (or G's transpose on a row): 3 values.
+    let gt = |v: [f32; 4]| {
+        [
+            v[0] + 0.5 * (v[1] + v[2]),
+            0.5 * (v[1] - v[2]),
+            0.5 * (v[1] + v[2]) + v[3],
+        ]
+    };
+    for (idx, out) in dw.chunks_exact_mut(9).enumerate() {
+        let (co, ci) = (idx / c_in, idx % c_in);
+        let at = ci * c_out + co;
+        let d = |xi: usize| du.get(xi * plane + at).copied().unwrap_or(0.0);
+        // dU G: each row r of dU to 3 values, then Gᵀ over the rows.
+        let h: [[f32; 3]; 4] =
+            std::array::from_fn(|r| gt([d(4 * r), d(4 * r + 1), d(4 * r + 2), d(4 * r + 3)]));
+        for b in 0..3 {
+            let col = gt([h[0][b], h[1][b], h[2][b], h[3][b]]);
+            for (a, v) in col.into_iter().enumerate() {
+                out[3 * a + b] = v;
+            }
+        }
+    }
+    dw
 }
 
 /// See [`transform_output`]. The tiles are written channels-last into `y`
