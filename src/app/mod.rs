@@ -653,7 +653,11 @@ impl FlowLabApp {
                 self.roll_back();
             }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                ui.label(format!("{} parameters · CPU", self.param_count));
+                ui.label(format!(
+                    "{} parameters · {}",
+                    self.param_count,
+                    self.device.name()
+                ));
             });
         });
     }

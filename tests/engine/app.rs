@@ -837,6 +837,8 @@ fn the_device_picker_moves_the_run_with_its_state_or_says_why_not() {
         a.snapshot.is_some() && a.step == 4000
     });
     assert_eq!(h.state().device(), DeviceChoice::Cpu);
+    // The status bar names the device the run is on.
+    h.get_by_label("141314 parameters · CPU");
     let loss_len = h.state().loss.len();
     let moved =
         std::env::temp_dir().join(format!("device-move-{}.safetensors", std::process::id()));
