@@ -41,17 +41,12 @@ impl DeviceChoice {
         }
     }
 
-    /// Opens the device.
+    /// Opens the device (as the command line's `--device` does).
     pub fn open(self) -> crate::Result<Device> {
-        match self {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| {
-                crate::Error::config(format!(
-                    "the CUDA device could not be opened: {}",
-                    crate::cli::first_line(&e)
-                ))
-            }),
-        }
+        crate::cli::device(match self {
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        })
     }
 }
 

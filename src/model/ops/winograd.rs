@@ -170,12 +170,7 @@ impl Winograd {
                         transform_input(self, x, padded, v);
                     }
                     for xi in 0..XI {
-                        let a = Mat::strided(
-                            v.get(xi * c_in..).unwrap_or_default(),
-                            tiles,
-                            c_in,
-                            XI * c_in,
-                        );
+                        let a = xi_matrix(v, xi, tiles, c_in);
                         let b = Mat::new(
                             u.get(xi * c_in * c_out..(xi + 1) * c_in * c_out)
                                 .unwrap_or_default(),
@@ -193,9 +188,7 @@ impl Winograd {
                 })
             })
     }
-}
 
-impl Winograd {
     /// The kernel gradient `(c_out, c_in, 3, 3)` of this convolution for the
     /// input `x`: `(batch, c_in, h, w)` and the output gradient `gy`:
     /// `(batch, c_out, ho, wo)`. Through the same transforms: each output-gradient
@@ -246,19 +239,8 @@ impl Winograd {
                             transform_grad(self, gy, padded, m);
                         }
                         for xi in 0..XI {
-                            let a = Mat::strided(
-                                v.get(xi * c_in..).unwrap_or_default(),
-                                tiles,
-                                c_in,
-                                XI * c_in,
-                            )
-                            .t();
-                            let b = Mat::strided(
-                                m.get(xi * c_out..).unwrap_or_default(),
-                                tiles,
-                                c_out,
-                                XI * c_out,
-                            );
+                            let a = xi_matrix(v, xi, tiles, c_in).t();
+                            let b = xi_matrix(m, xi, tiles, c_out);
                             let dst = du
                                 .get_mut(xi * c_in * c_out..(xi + 1) * c_in * c_out)
                                 .unwrap_or_default();
@@ -303,6 +285,11 @@ simd_dispatch! {
         out: &mut [f32],
         y: &mut [f32],
     ) => output_kernel
+}
+
+/// Position `xi`'s `(tiles x c)` matrix in a `(tile, 16, c)` buffer (a strided view).
+fn xi_matrix(buf: &[f32], xi: usize, tiles: usize, c: usize) -> Mat<'_> {
+    Mat::strided(buf.get(xi * c..).unwrap_or_default(), tiles, c, XI * c)
 }
 
 /// `LANES` values of `buf` from `at`, as an array reference (`None` past the end).
